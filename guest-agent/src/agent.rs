@@ -1,0 +1,557 @@
+//! The agent's state and every decision it makes: role changes, serving work
+//! units, run-state replication as active (step-up, updates, waiting for the
+//! standby to register) and as standby (applying, gap detection). Network
+//! tasks call into [`Agent`]; it never blocks on I/O while holding its lock.
+
+use crate::build;
+use crate::db::Database;
+use crate::roles::{self, Facts, RoleError};
+use hitless_protocol::{
+    ControlReply, Evaluation, FeatureSet, Hello, LinkMsg, PeerStatus, Replication, Role, Status, WorkReply,
+    WorkRequest, PROTOCOL_VERSION,
+};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// Where replies to a work connection go.
+pub type ReplyTx = mpsc::UnboundedSender<WorkReply>;
+/// Where messages to the peer go (the link writer encodes them).
+pub type LinkTx = mpsc::UnboundedSender<LinkMsg>;
+
+/// How long a demoted active waits for its standby to register in-flight updates.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A work unit applied but not yet acknowledged: waits for the standby.
+struct Pending {
+    tx: ReplyTx,
+    id: String,
+    duplicate: bool,
+}
+
+/// The peer connection as the agent sees it.
+struct Peer {
+    conn: u64,
+    tx: LinkTx,
+    hello: Option<Hello>,
+}
+
+struct Core {
+    role: Role,
+    epoch: u64,
+    enabled: FeatureSet,
+    db: Database,
+    seq: u64,
+    peer: Option<Peer>,
+    last_peer: Option<Hello>,
+    // As active.
+    generation: u64,
+    standby_attached: bool,
+    registered: Option<u64>,
+    pending: BTreeMap<u64, Vec<Pending>>,
+    // As standby.
+    synced: bool,
+    standby_generation: u64,
+    stepups: u64,
+    served: u64,
+    errors: u64,
+}
+
+/// One processor's agent.
+pub struct Agent {
+    name: String,
+    supported: FeatureSet,
+    started: Instant,
+    core: Mutex<Core>,
+    changed: Notify,
+}
+
+/// What the link reader should do after a message.
+pub enum LinkAction {
+    /// Nothing to send.
+    None,
+    /// Registered up to (generation, seq) — the reader batches these.
+    Registered(u64, u64),
+}
+
+impl Agent {
+    /// A new agent, out of service, with an empty database.
+    pub fn new(name: String) -> Self {
+        Agent {
+            name,
+            supported: build::supported(),
+            started: Instant::now(),
+            core: Mutex::new(Core {
+                role: Role::OutOfService,
+                epoch: 0,
+                enabled: FeatureSet::new(),
+                db: Database::default(),
+                seq: 0,
+                peer: None,
+                last_peer: None,
+                generation: 0,
+                standby_attached: false,
+                registered: None,
+                pending: BTreeMap::new(),
+                synced: false,
+                standby_generation: 0,
+                stepups: 0,
+                served: 0,
+                errors: 0,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Processor name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Features this build supports.
+    pub fn supported(&self) -> &FeatureSet {
+        &self.supported
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock aborts the process (panic = abort), so poisoning cannot be observed.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hello_of(&self, c: &Core) -> Hello {
+        Hello {
+            proto: PROTOCOL_VERSION,
+            name: self.name.clone(),
+            version: build::VERSION.to_string(),
+            supported: self.supported.clone(),
+            enabled: c.enabled.clone(),
+            role: c.role,
+            epoch: c.epoch,
+        }
+    }
+
+    /// This agent's hello.
+    pub fn hello(&self) -> Hello {
+        let c = self.lock();
+        self.hello_of(&c)
+    }
+
+    /// Why this processor and the peer cannot pair, if they cannot.
+    fn pairing_problem(&self, c: &Core, peer: &Hello) -> Option<String> {
+        if peer.proto != PROTOCOL_VERSION {
+            return Some(format!("peer {} speaks protocol {}, this processor {}", peer.name, peer.proto, PROTOCOL_VERSION));
+        }
+        if let Some(f) = peer.enabled.iter().find(|f| !self.supported.contains(*f)) {
+            return Some(format!(
+                "feature `{f}` is enabled on peer {} ({}), but this processor runs {}, which does not support it",
+                peer.name,
+                peer.version,
+                build::VERSION
+            ));
+        }
+        if let Some(f) = c.enabled.iter().find(|f| !peer.supported.contains(*f)) {
+            return Some(format!(
+                "feature `{f}` is enabled on this processor ({}), but peer {} runs {}, which does not support it",
+                build::VERSION,
+                peer.name,
+                peer.version
+            ));
+        }
+        None
+    }
+
+    fn send_peer(c: &mut Core, msg: LinkMsg) {
+        if let Some(p) = &c.peer {
+            // A closed channel means the link just dropped; the disconnect handler cleans up.
+            let _ = p.tx.send(msg);
+        }
+    }
+
+    fn announce(&self, c: &mut Core) {
+        let h = self.hello_of(c);
+        Self::send_peer(c, LinkMsg::Hello(h));
+    }
+
+    /// Acknowledge every pending work unit up to `upto` (all when None: the standby went away).
+    fn release(c: &mut Core, upto: Option<u64>, registered: bool) {
+        let keep = match upto {
+            Some(s) => c.pending.split_off(&(s + 1)),
+            None => BTreeMap::new(),
+        };
+        let done = std::mem::replace(&mut c.pending, keep);
+        for (seq, list) in done {
+            for p in list {
+                let _ = p.tx.send(WorkReply::Ack { id: p.id, seq, registered, duplicate: p.duplicate });
+            }
+        }
+    }
+
+    fn detach_standby(c: &mut Core) {
+        if c.standby_attached {
+            tracing::info!("standby detached; running simplex");
+        }
+        c.standby_attached = false;
+        c.registered = None;
+        Self::release(c, None, false);
+    }
+
+    /// Start a step-up of the peer if this processor is active and the peer is a standby we can pair with.
+    fn maybe_step_up(&self, c: &mut Core) {
+        let peer_hello = c.peer.as_ref().and_then(|p| p.hello.clone());
+        let Some(h) = peer_hello else { return };
+        if c.role != Role::Active || h.role != Role::Standby || self.pairing_problem(c, &h).is_some() {
+            return;
+        }
+        c.generation += 1;
+        c.standby_attached = true;
+        c.registered = None;
+        c.stepups += 1;
+        tracing::info!(generation = c.generation, seq = c.seq, units = c.db.len(), "step-up of standby {}", h.name);
+        let msg = LinkMsg::StepUp { generation: c.generation, seq: c.seq, units: c.db.units() };
+        Self::send_peer(c, msg);
+    }
+
+    /// Apply a host role command.
+    pub fn set_role(&self, to: Role, epoch: u64) -> Result<(Role, u64), RoleError> {
+        let mut c = self.lock();
+        let peer = c.peer.as_ref().and_then(|p| p.hello.clone()).or_else(|| c.last_peer.clone());
+        let refused = c.peer.as_ref().and_then(|p| p.hello.as_ref()).and_then(|h| self.pairing_problem(&c, h));
+        let facts = Facts { peer: peer.map(|h| (h.name, h.role, h.epoch)), synced: c.synced, refused };
+        roles::check(c.role, to, epoch, c.epoch, &facts)?;
+        let from = c.role;
+        c.epoch = epoch;
+        if from != to {
+            tracing::info!(epoch, "role {from} -> {to}");
+            c.role = to;
+            match to {
+                Role::Active => {
+                    c.standby_attached = false;
+                    c.registered = None;
+                    if build::FLAW == Some(build::Flaw::Crash) {
+                        tokio::spawn(async {
+                            tokio::time::sleep(Duration::from_millis(800)).await;
+                            eprintln!("hitless-agent: deliberate crash (test image 2.0.0-crash)");
+                            std::process::exit(70);
+                        });
+                    }
+                }
+                Role::Standby | Role::OutOfService => {
+                    c.synced = false;
+                    c.standby_generation = 0;
+                }
+            }
+        }
+        self.announce(&mut c);
+        if to == Role::Active && from != Role::Active {
+            self.maybe_step_up(&mut c);
+        }
+        self.changed.notify_waiters();
+        Ok((c.role, c.epoch))
+    }
+
+    /// After a demotion from active: wait (bounded) until the standby registered everything in flight.
+    pub async fn flush(&self) -> Result<(), String> {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut c = self.lock();
+                if c.pending.is_empty() {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    let n: usize = c.pending.values().map(Vec::len).sum();
+                    // Unregistered work units were never acked: answer "not active" so clients retry elsewhere.
+                    for (_, list) in std::mem::take(&mut c.pending) {
+                        for p in list {
+                            let _ = p.tx.send(WorkReply::NotActive { id: p.id, role: c.role, active: None });
+                        }
+                    }
+                    return Err(format!("{n} updates were not registered by the standby within {FLUSH_TIMEOUT:?}"));
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
+    /// Enable a new feature; both processors must run a version that supports it.
+    pub fn enable_feature(&self, feature: &str) -> Result<(), String> {
+        let mut c = self.lock();
+        if c.enabled.contains(feature) {
+            return Ok(());
+        }
+        if !self.supported.contains(feature) {
+            return Err(format!("this processor runs {}, which does not support feature `{feature}`", build::VERSION));
+        }
+        let peer = c.peer.as_ref().and_then(|p| p.hello.clone());
+        match peer {
+            None => {
+                return Err(format!("cannot enable `{feature}`: the peer is not connected, so its version is unknown"))
+            }
+            Some(h) if !h.supported.contains(feature) => {
+                return Err(format!(
+                    "cannot enable `{feature}`: peer {} runs {}, which does not support it (all processors must run a version with the feature)",
+                    h.name, h.version
+                ))
+            }
+            Some(_) => {}
+        }
+        c.enabled.insert(feature.to_string());
+        tracing::info!("feature {feature} enabled");
+        self.announce(&mut c);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Disabling an enabled feature is refused: enabling is the point of no return.
+    pub fn disable_feature(&self, feature: &str) -> Result<(), String> {
+        let c = self.lock();
+        if c.enabled.contains(feature) {
+            Err(format!("feature `{feature}` is enabled; disabling it is refused (enabling new features is the point of no return)"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Serve one work request (the reply goes to `tx`, maybe later).
+    pub fn work(&self, req: WorkRequest, tx: &ReplyTx) {
+        let mut c = self.lock();
+        if c.role != Role::Active {
+            let active = c.peer.as_ref().and_then(|p| p.hello.as_ref()).filter(|h| h.role == Role::Active).map(|h| h.name.clone());
+            let _ = tx.send(WorkReply::NotActive { id: req.id, role: c.role, active });
+            return;
+        }
+        let (seq, duplicate) = match c.db.applied(&req.id) {
+            Some(seq) => (seq, true),
+            None => {
+                if let Some(f) = req.op.feature() {
+                    if !c.enabled.contains(f) {
+                        let _ = tx.send(WorkReply::Rejected { id: req.id, reason: format!("feature `{f}` is not enabled") });
+                        return;
+                    }
+                }
+                if let Err(e) = c.db.validate(&req.op) {
+                    let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
+                    return;
+                }
+                let seq = c.seq + 1;
+                if let Err(e) = c.db.apply(&req, seq) {
+                    c.errors += 1;
+                    let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
+                    return;
+                }
+                c.seq = seq;
+                if c.standby_attached {
+                    let generation = c.generation;
+                    Self::send_peer(&mut c, LinkMsg::Update { generation, seq, request: req.clone() });
+                }
+                (seq, false)
+            }
+        };
+        c.served += 1;
+        let registered_now = c.registered.is_some_and(|r| r >= seq);
+        if c.standby_attached && !registered_now {
+            c.pending.entry(seq).or_default().push(Pending { tx: tx.clone(), id: req.id, duplicate });
+        } else {
+            let _ = tx.send(WorkReply::Ack { id: req.id, seq, registered: c.standby_attached, duplicate });
+        }
+    }
+
+    /// A link connection came up; `tx` reaches the peer. Returns the connection id.
+    pub fn link_up(&self, tx: LinkTx) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut c = self.lock();
+        if c.peer.is_some() {
+            tracing::warn!("replacing an existing link connection");
+            Self::detach_standby(&mut c);
+        }
+        c.peer = Some(Peer { conn, tx, hello: None });
+        self.announce(&mut c);
+        conn
+    }
+
+    /// The link connection `conn` went down.
+    pub fn link_down(&self, conn: u64, why: &str) {
+        let mut c = self.lock();
+        if c.peer.as_ref().is_some_and(|p| p.conn == conn) {
+            tracing::info!("link to peer down: {why}");
+            c.peer = None;
+            if c.role == Role::Active {
+                Self::detach_standby(&mut c);
+            }
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Features that may shape what goes to the peer now.
+    pub fn negotiated(&self) -> FeatureSet {
+        let c = self.lock();
+        let peer_supported = c.peer.as_ref().and_then(|p| p.hello.as_ref()).map(|h| h.supported.clone()).unwrap_or_default();
+        hitless_protocol::negotiated(&c.enabled, &peer_supported)
+    }
+
+    /// Handle one message from the peer.
+    pub fn on_link(&self, msg: LinkMsg) -> LinkAction {
+        let mut c = self.lock();
+        let action = match msg {
+            LinkMsg::Hello(h) => {
+                if let Some(why) = self.pairing_problem(&c, &h) {
+                    tracing::warn!("pairing refused: {why}");
+                }
+                // A newer active peer fences a stale active: never two actives.
+                if c.role == Role::Active && h.role == Role::Active && h.epoch > c.epoch {
+                    tracing::warn!(peer_epoch = h.epoch, epoch = c.epoch, "peer is active at a newer epoch; stepping down");
+                    c.role = Role::Standby;
+                    c.synced = false;
+                    c.standby_generation = 0;
+                    Self::detach_standby(&mut c);
+                    self.announce(&mut c);
+                }
+                let peer_role = h.role;
+                c.last_peer = Some(h.clone());
+                if let Some(p) = c.peer.as_mut() {
+                    p.hello = Some(h);
+                }
+                if c.role == Role::Active {
+                    if peer_role == Role::Standby {
+                        self.maybe_step_up(&mut c);
+                    } else {
+                        Self::detach_standby(&mut c);
+                    }
+                }
+                LinkAction::None
+            }
+            LinkMsg::StepUp { generation, seq, units } => {
+                if c.role != Role::Standby {
+                    return LinkAction::None;
+                }
+                c.db = Database::from_units(units, seq);
+                c.seq = seq;
+                c.standby_generation = generation;
+                c.synced = true;
+                c.stepups += 1;
+                tracing::info!(generation, seq, units = c.db.len(), "step-up received");
+                LinkAction::Registered(generation, seq)
+            }
+            LinkMsg::Update { generation, seq, request } => {
+                if c.role != Role::Standby || generation != c.standby_generation || !c.synced {
+                    return LinkAction::None;
+                }
+                if seq <= c.seq {
+                    return LinkAction::None;
+                }
+                if seq != c.seq + 1 {
+                    let reason = format!("gap: expected update {}, got {seq}", c.seq + 1);
+                    tracing::warn!("{reason}; asking for a fresh step-up");
+                    c.synced = false;
+                    Self::send_peer(&mut c, LinkMsg::Resync { reason });
+                    return LinkAction::None;
+                }
+                if let Err(e) = c.db.apply(&request, seq) {
+                    c.errors += 1;
+                    let reason = format!("update {seq} does not apply: {e}");
+                    tracing::error!("{reason}; asking for a fresh step-up");
+                    c.synced = false;
+                    Self::send_peer(&mut c, LinkMsg::Resync { reason });
+                    return LinkAction::None;
+                }
+                c.seq = seq;
+                LinkAction::Registered(generation, seq)
+            }
+            LinkMsg::Registered { generation, seq } => {
+                if c.role == Role::Active && c.standby_attached && generation == c.generation {
+                    c.registered = Some(c.registered.map_or(seq, |r| r.max(seq)));
+                    Self::release(&mut c, Some(seq), true);
+                    self.changed.notify_waiters();
+                }
+                LinkAction::None
+            }
+            LinkMsg::Heartbeat => LinkAction::None,
+            LinkMsg::Resync { reason } => {
+                tracing::warn!("standby asks for a fresh step-up: {reason}");
+                self.maybe_step_up(&mut c);
+                LinkAction::None
+            }
+        };
+        action
+    }
+
+    /// Count an internal error (e.g. a message that failed to encode or decode).
+    pub fn error(&self) {
+        self.lock().errors += 1;
+    }
+
+    /// Full status for the host.
+    pub fn status(&self) -> Status {
+        let c = self.lock();
+        let (registered, lag) = match c.role {
+            Role::Active if c.standby_attached => (c.registered, c.seq - c.registered.unwrap_or(0).min(c.seq)),
+            _ => (None, 0),
+        };
+        let peer = c.peer.as_ref().and_then(|p| p.hello.clone()).map(|h| PeerStatus {
+            refused: self.pairing_problem(&c, &h),
+            hello: h,
+            connected: true,
+        });
+        let peer = peer.or_else(|| c.last_peer.clone().map(|h| PeerStatus { hello: h, connected: false, refused: None }));
+        Status {
+            hello: self.hello_of(&c),
+            peer,
+            replication: Replication {
+                seq: c.seq,
+                registered,
+                lag,
+                generation: if c.role == Role::Standby { c.standby_generation } else { c.generation },
+                stepups: c.stepups,
+                simplex: c.role == Role::Active && !c.standby_attached,
+                synced: c.role == Role::Standby && c.synced,
+            },
+            units: c.db.len(),
+            served: c.served,
+            errors: c.errors,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Every work unit and the last applied sequence number.
+    pub fn dump(&self) -> ControlReply {
+        let c = self.lock();
+        ControlReply::Dump { seq: c.seq, units: c.db.units() }
+    }
+
+    /// Judge this version over `window`: still active, no errors, replication current.
+    pub async fn evaluate(&self, window: Duration) -> Evaluation {
+        let before = self.status();
+        let start = Instant::now();
+        let mut was_active = before.hello.role == Role::Active;
+        while start.elapsed() < window {
+            tokio::time::sleep(Duration::from_millis(50).min(window)).await;
+            was_active &= self.lock().role == Role::Active;
+        }
+        let after = self.status();
+        // (passed, reason) per check; informational lines always pass.
+        let mut checks: Vec<(bool, String)> = Vec::new();
+        let mut check = |good: bool, yes: String, no: String| checks.push((good, if good { yes } else { no }));
+        check(was_active, format!("active for the whole window ({} ms)", window.as_millis()), "not active for the whole evaluation window".into());
+        let errs = after.errors - before.errors;
+        check(errs == 0, "no internal errors".into(), format!("{errs} internal errors during the window"));
+        let served = after.served - before.served;
+        check(true, format!("served {served} work requests during the window"), String::new());
+        match &after.peer {
+            Some(p) if p.connected && p.hello.role == Role::Standby => check(
+                after.replication.lag == 0 && !after.replication.simplex,
+                format!("replication to standby {} current (seq {})", p.hello.name, after.replication.seq),
+                format!("replication to standby {} lags by {} updates", p.hello.name, after.replication.lag),
+            ),
+            _ => check(true, "no standby attached (simplex)".into(), String::new()),
+        }
+        if build::FLAW == Some(build::Flaw::BadEval) {
+            check(false, String::new(), "self-test failed: this build (test image 2.0.0-bad-eval) is deliberately flawed".into());
+        }
+        let ok = checks.iter().all(|(g, _)| *g);
+        let reasons = checks.into_iter().map(|(_, r)| r).collect();
+        Evaluation { acceptable: ok, reasons }
+    }
+}

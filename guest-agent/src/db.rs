@@ -1,0 +1,143 @@
+//! The application's in-memory database of work units, and how a database
+//! activity (an [`Operation`]) changes it. Request ids make every activity
+//! idempotent: a retry after a switchover is recognised, not applied twice.
+
+use hitless_protocol::{Operation, UnitState, WorkRequest, WorkUnit};
+use std::collections::{BTreeMap, HashMap};
+
+/// Why an activity cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    /// Open of a unit that exists.
+    #[error("work unit {0} already exists")]
+    Exists(String),
+    /// Update/close of a unit that does not exist.
+    #[error("no work unit {0}")]
+    Missing(String),
+    /// Update/close of a closed unit.
+    #[error("work unit {0} is closed")]
+    Closed(String),
+}
+
+/// Work units plus the index of applied request ids.
+#[derive(Debug, Default, Clone)]
+pub struct Database {
+    units: BTreeMap<String, WorkUnit>,
+    /// request id -> sequence number that applied it.
+    applied: HashMap<String, u64>,
+}
+
+impl Database {
+    /// Rebuild from a step-up snapshot.
+    pub fn from_units(units: Vec<WorkUnit>, seq: u64) -> Self {
+        let mut applied = HashMap::new();
+        for u in &units {
+            for op in &u.ops {
+                // The snapshot does not carry per-op sequence numbers; they are all <= seq.
+                applied.insert(op.clone(), seq);
+            }
+        }
+        Database { units: units.into_iter().map(|u| (u.id.clone(), u)).collect(), applied }
+    }
+
+    /// The sequence number that applied request `id`, if it was applied.
+    pub fn applied(&self, id: &str) -> Option<u64> {
+        self.applied.get(id).copied()
+    }
+
+    /// Check an activity against the database without changing it.
+    pub fn validate(&self, op: &Operation) -> Result<(), DbError> {
+        let unit = op.unit();
+        match (op, self.units.get(unit)) {
+            (Operation::Open { .. }, Some(_)) => Err(DbError::Exists(unit.into())),
+            (Operation::Open { .. }, None) => Ok(()),
+            (_, None) => Err(DbError::Missing(unit.into())),
+            (_, Some(u)) if u.state == UnitState::Closed => Err(DbError::Closed(unit.into())),
+            (_, Some(_)) => Ok(()),
+        }
+    }
+
+    /// Apply a validated request at sequence number `seq`.
+    pub fn apply(&mut self, req: &WorkRequest, seq: u64) -> Result<(), DbError> {
+        self.validate(&req.op)?;
+        match &req.op {
+            Operation::Open { unit, fields } => {
+                self.units.insert(
+                    unit.clone(),
+                    WorkUnit { id: unit.clone(), state: UnitState::Open, fields: fields.clone(), priority: None, ops: vec![] },
+                );
+            }
+            Operation::Update { unit, fields } => {
+                if let Some(u) = self.units.get_mut(unit) {
+                    u.fields.extend(fields.clone());
+                }
+            }
+            Operation::Close { unit } => {
+                if let Some(u) = self.units.get_mut(unit) {
+                    u.state = UnitState::Closed;
+                }
+            }
+            Operation::SetPriority { unit, priority } => {
+                if let Some(u) = self.units.get_mut(unit) {
+                    u.priority = Some(*priority);
+                }
+            }
+        }
+        if let Some(u) = self.units.get_mut(req.op.unit()) {
+            u.ops.push(req.id.clone());
+        }
+        self.applied.insert(req.id.clone(), seq);
+        Ok(())
+    }
+
+    /// All work units, in id order.
+    pub fn units(&self) -> Vec<WorkUnit> {
+        self.units.values().cloned().collect()
+    }
+
+    /// Number of work units.
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    /// True when there are no work units.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn req(id: &str, op: Operation) -> WorkRequest {
+        WorkRequest { id: id.into(), op }
+    }
+
+    #[test]
+    fn lifecycle_and_history() {
+        let mut db = Database::default();
+        db.apply(&req("r1", Operation::Open { unit: "u".into(), fields: Default::default() }), 1).unwrap();
+        db.apply(&req("r2", Operation::Update { unit: "u".into(), fields: [("k".into(), "v".into())].into() }), 2).unwrap();
+        db.apply(&req("r3", Operation::Close { unit: "u".into() }), 3).unwrap();
+        let u = &db.units()[0];
+        assert_eq!(u.ops, vec!["r1", "r2", "r3"]);
+        assert_eq!(u.state, UnitState::Closed);
+        assert_eq!(u.fields["k"], "v");
+        assert_eq!(db.applied("r2"), Some(2));
+        assert_eq!(db.apply(&req("r4", Operation::Close { unit: "u".into() }), 4), Err(DbError::Closed("u".into())));
+        assert_eq!(db.apply(&req("r5", Operation::Close { unit: "x".into() }), 5), Err(DbError::Missing("x".into())));
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_dedup_index() {
+        let mut db = Database::default();
+        db.apply(&req("r1", Operation::Open { unit: "a".into(), fields: Default::default() }), 1).unwrap();
+        db.apply(&req("r2", Operation::SetPriority { unit: "a".into(), priority: 4 }), 2).unwrap();
+        let copy = Database::from_units(db.units(), 2);
+        assert_eq!(copy.units(), db.units());
+        assert!(copy.applied("r1").is_some() && copy.applied("r2").is_some());
+        assert_eq!(copy.units()[0].priority, Some(4));
+    }
+}

@@ -1,0 +1,86 @@
+//! `hitless-agent` binary: in a guest it reads its identity from the kernel
+//! command line and listens on vsock; on a host (tests) everything is given
+//! as flags and it listens on TCP.
+
+use clap::Parser;
+use hitless_agent::{build, guest, Settings};
+use hitless_protocol::{CONTROL_PORT, LINK_PORT, WORK_PORT};
+use std::net::{Ipv6Addr, SocketAddr};
+
+#[derive(Parser)]
+#[command(version = build::VERSION, about = "The software on each processor of a hitless active/standby pair")]
+struct Args {
+    /// Print this build's manifest (version, features) as JSON and exit.
+    #[arg(long)]
+    manifest: bool,
+    /// Read name and peer from /proc/cmdline (hitless.name=, hitless.peer=, hitless.dial=).
+    #[arg(long)]
+    from_cmdline: bool,
+    /// Processor name (host mode).
+    #[arg(long)]
+    name: Option<String>,
+    /// Control endpoint: vsock:PORT or tcp:ADDR.
+    #[arg(long, default_value_t = format!("vsock:{CONTROL_PORT}"))]
+    control: String,
+    /// Work-unit endpoint: vsock:PORT or tcp:ADDR.
+    #[arg(long, default_value_t = format!("vsock:{WORK_PORT}"))]
+    work: String,
+    /// Address to accept the peer's link connection on.
+    #[arg(long, default_value_t = SocketAddr::from((Ipv6Addr::UNSPECIFIED, LINK_PORT)))]
+    link_listen: SocketAddr,
+    /// Dial the peer at this address (the other side only accepts).
+    #[arg(long)]
+    dial: Option<SocketAddr>,
+}
+
+fn settings(a: &Args) -> Result<Settings, String> {
+    let (name, dial) = if a.from_cmdline {
+        let line = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+        let c = guest::parse_cmdline(&line)?;
+        let dial = if c.dial { Some(guest::peer_addr(c.peer, "eth0", LINK_PORT)?) } else { None };
+        (c.name, dial)
+    } else {
+        (a.name.clone().ok_or("--name or --from-cmdline is required")?, a.dial)
+    };
+    Ok(Settings { name, control: a.control.parse()?, work: a.work.parse()?, link_listen: a.link_listen, dial })
+}
+
+fn main() -> std::process::ExitCode {
+    let a = Args::parse();
+    if a.manifest {
+        match serde_json::to_string(&build::manifest()) {
+            Ok(m) => println!("{m}"),
+            Err(e) => {
+                eprintln!("hitless-agent: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HITLESS_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .without_time()
+        .init();
+    let s = match settings(&a) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hitless-agent: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hitless-agent: runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(hitless_agent::run(s)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hitless-agent: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The agent's two vsock services: the control port (host commands, one reply
+//! per request, in order) and the work port (pipelined work-unit requests,
+//! replies keyed by request id, possibly out of order).
+
+use crate::agent::Agent;
+use crate::transport::{Listener, Stream};
+use hitless_protocol::{from_line, to_line, ControlReply, ControlRequest, Role, WorkReply, WorkRequest, MAX_LINE};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Accept connections on `listener` forever, serving each with `serve`.
+pub async fn serve_forever<F, Fut>(listener: Listener, agent: Arc<Agent>, serve: F)
+where
+    F: Fn(Arc<Agent>, Box<dyn Stream>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok(s) => {
+                tokio::spawn(serve(agent.clone(), s));
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serve one control connection.
+pub async fn control(agent: Arc<Agent>, stream: Box<dyn Stream>) {
+    let (r, mut w) = tokio::io::split(stream);
+    let mut reader = BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line.len() > MAX_LINE => return,
+            Ok(_) => {}
+        }
+        let reply = match from_line::<ControlRequest>(&line) {
+            Ok(req) => handle(&agent, req).await,
+            Err(e) => ControlReply::Error { message: format!("bad request: {e}") },
+        };
+        let Ok(out) = to_line(&reply) else { return };
+        if w.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
+    let done = |agent: &Agent| {
+        let h = agent.hello();
+        ControlReply::Done { role: h.role, epoch: h.epoch, enabled: h.enabled }
+    };
+    match req {
+        ControlRequest::Hello => ControlReply::Hello(agent.hello()),
+        ControlRequest::Status => ControlReply::Status(Box::new(agent.status())),
+        ControlRequest::SetRole { role, epoch } => {
+            let was_active = agent.hello().role == Role::Active;
+            match agent.set_role(role, epoch) {
+                Err(e) => ControlReply::Error { message: e.to_string() },
+                Ok(_) if was_active && role != Role::Active => match agent.flush().await {
+                    Ok(()) => done(agent),
+                    Err(e) => ControlReply::Error { message: format!("role changed to {role}, but {e}") },
+                },
+                Ok(_) => done(agent),
+            }
+        }
+        ControlRequest::EnableFeature { feature } => match agent.enable_feature(&feature) {
+            Ok(()) => done(agent),
+            Err(message) => ControlReply::Error { message },
+        },
+        ControlRequest::DisableFeature { feature } => match agent.disable_feature(&feature) {
+            Ok(()) => done(agent),
+            Err(message) => ControlReply::Error { message },
+        },
+        ControlRequest::Evaluate { window_ms } => {
+            ControlReply::Evaluation(agent.evaluate(Duration::from_millis(window_ms.min(600_000))).await)
+        }
+        ControlRequest::Dump => agent.dump(),
+    }
+}
+
+/// Serve one work connection: requests are pipelined, replies come as they are ready.
+pub async fn work(agent: Arc<Agent>, stream: Box<dyn Stream>) {
+    let (r, mut w) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel::<WorkReply>();
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(reply) = next {
+                if let Ok(line) = to_line(&reply) {
+                    buf.extend_from_slice(&line);
+                }
+                next = if buf.len() < 1 << 20 { rx.try_recv().ok() } else { None };
+            }
+            if w.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
+        }
+    });
+    let mut reader = BufReader::with_capacity(1 << 16, r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.len() > MAX_LINE => break,
+            Ok(_) => {}
+        }
+        match from_line::<WorkRequest>(&line) {
+            Ok(req) => agent.work(req, &tx),
+            Err(e) => {
+                let _ = tx.send(WorkReply::Rejected { id: String::new(), reason: format!("bad request: {e}") });
+            }
+        }
+    }
+    drop(tx);
+    // Let the pending replies drain; the agent holds clones of tx until they are acked.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}

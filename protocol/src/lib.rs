@@ -1,0 +1,466 @@
+//! The hitless wire protocol, shared by the host orchestrator and the guest agent.
+//!
+//! # Framing
+//! Every channel carries **newline-delimited JSON**: one message per line,
+//! UTF-8, `\n`-terminated, at most [`MAX_LINE`] bytes. Messages are
+//! internally tagged enums (`{"type": "...", ...}`).
+//!
+//! # Channels
+//! | channel | transport | who speaks | messages |
+//! |---|---|---|---|
+//! | control | vsock port [`CONTROL_PORT`] | host → agent, one reply per request, in order | [`ControlRequest`] / [`ControlReply`] |
+//! | work | vsock port [`WORK_PORT`] | client → active agent, pipelined, replies keyed by request id | [`WorkRequest`] / [`WorkReply`] |
+//! | link | TCP on IPv6 link-local, port [`LINK_PORT`] | agent ↔ agent over the inter-VM virtio link | [`LinkMsg`] |
+//!
+//! # Versioning
+//! Each side announces [`PROTOCOL_VERSION`], its software version, the
+//! features it *supports* and those *enabled* ([`Hello`]). Unknown fields are
+//! ignored, so adding a field is compatible. What changes the replicated
+//! state is gated by a named feature: a message that uses a feature is only
+//! encoded when the feature is enabled locally *and* supported by the peer
+//! ([`encode_link`]), and a decoder rejects what it does not support
+//! ([`decode_link`]) instead of silently dropping it. So 2.0.0 with its new
+//! features disabled speaks exactly what 1.0.0 understands, in both
+//! directions.
+//!
+//! # Replication
+//! When a processor becomes standby the active sends a [`LinkMsg::StepUp`]
+//! (all work units, the sequence number they reflect), then a gap-free stream
+//! of [`LinkMsg::Update`]s (database activities, numbered `seq + 1, + 2, ...`).
+//! The standby answers [`LinkMsg::Registered`] per update; on a gap it sends
+//! [`LinkMsg::Resync`] and the active starts a fresh step-up with a new
+//! `generation`.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Version of this wire protocol; bumped only for incompatible framing changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// vsock port of the agent's control service (host → agent).
+pub const CONTROL_PORT: u32 = 1024;
+/// vsock port of the active agent's work-unit service.
+pub const WORK_PORT: u32 = 1025;
+/// TCP port the agents use to talk to each other over the inter-VM link.
+pub const LINK_PORT: u16 = 7100;
+/// Interval of [`LinkMsg::Heartbeat`] on an idle link.
+pub const HEARTBEAT_MS: u64 = 250;
+/// A link silent for this long is considered down.
+pub const LINK_TIMEOUT_MS: u64 = 2000;
+/// Longest accepted line, so a corrupt peer cannot exhaust memory.
+pub const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// The new feature of 2.0.0: a priority on each work unit, with its own update kind.
+pub const FEATURE_PRIORITY: &str = "work-unit-priority";
+
+/// A set of feature names.
+pub type FeatureSet = BTreeSet<String>;
+
+/// Errors from encoding or decoding a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The line is not valid JSON for the expected message type.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The message uses a feature the receiving version does not support.
+    #[error("message uses feature `{0}`, which this version does not support")]
+    Unsupported(String),
+    /// The message would use a feature that is not enabled on both sides.
+    #[error("message needs feature `{0}`, which is not enabled on this link")]
+    NotNegotiated(String),
+    /// The line exceeds [`MAX_LINE`].
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLong(usize),
+}
+
+/// The role of a processor in the active/standby pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Not part of the pair: receives no updates, serves nothing.
+    OutOfService,
+    /// Receives run-state updates from the active and registers work units.
+    Standby,
+    /// Serves work units and sends run-state updates to the standby.
+    Active,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::OutOfService => "out-of-service",
+            Role::Standby => "standby",
+            Role::Active => "active",
+        })
+    }
+}
+
+/// Whether a work unit is still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitState {
+    /// Opened and not yet closed.
+    Open,
+    /// Closed; kept so that the history can be checked.
+    Closed,
+}
+
+/// A unit of application work (a call, a session) and its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnit {
+    /// Client-chosen unit id.
+    pub id: String,
+    /// Open or closed.
+    pub state: UnitState,
+    /// Application fields.
+    pub fields: BTreeMap<String, String>,
+    /// Priority; only present with [`FEATURE_PRIORITY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Request ids applied to this unit, in order (lets a checker see a double apply).
+    pub ops: Vec<String>,
+}
+
+/// A database activity: one change to the work-unit database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Operation {
+    /// Create a work unit with initial fields.
+    Open {
+        /// Unit id.
+        unit: String,
+        /// Initial fields.
+        #[serde(default)]
+        fields: BTreeMap<String, String>,
+    },
+    /// Merge fields into an open work unit.
+    Update {
+        /// Unit id.
+        unit: String,
+        /// Fields to set.
+        fields: BTreeMap<String, String>,
+    },
+    /// Close a work unit.
+    Close {
+        /// Unit id.
+        unit: String,
+    },
+    /// Set a unit's priority; needs [`FEATURE_PRIORITY`].
+    SetPriority {
+        /// Unit id.
+        unit: String,
+        /// New priority.
+        priority: u8,
+    },
+}
+
+impl Operation {
+    /// The unit this operation changes.
+    pub fn unit(&self) -> &str {
+        match self {
+            Operation::Open { unit, .. }
+            | Operation::Update { unit, .. }
+            | Operation::Close { unit }
+            | Operation::SetPriority { unit, .. } => unit,
+        }
+    }
+
+    /// The feature this operation needs, if any.
+    pub fn feature(&self) -> Option<&'static str> {
+        match self {
+            Operation::SetPriority { .. } => Some(FEATURE_PRIORITY),
+            Operation::Open { .. } | Operation::Update { .. } | Operation::Close { .. } => None,
+        }
+    }
+}
+
+/// A client request on the work port: apply `op`, identified by a unique `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkRequest {
+    /// Unique request id; a retry with the same id is applied at most once.
+    pub id: String,
+    /// The database activity.
+    pub op: Operation,
+}
+
+/// The active's answer to a [`WorkRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum WorkReply {
+    /// Applied (now or earlier, see `duplicate`) and, if `registered`, held by the standby.
+    Ack {
+        /// Request id.
+        id: String,
+        /// Sequence number of the update that carried it.
+        seq: u64,
+        /// True when a standby registered it before this ack; false when simplex.
+        registered: bool,
+        /// True when the id had been applied before (a retry).
+        #[serde(default)]
+        duplicate: bool,
+    },
+    /// This processor does not serve work units; try `active`.
+    NotActive {
+        /// Request id.
+        id: String,
+        /// This processor's role.
+        role: Role,
+        /// Name of the active processor, if known.
+        active: Option<String>,
+    },
+    /// The request is invalid (unknown unit, feature not enabled, ...).
+    Rejected {
+        /// Request id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl WorkReply {
+    /// The request id this reply answers.
+    pub fn id(&self) -> &str {
+        match self {
+            WorkReply::Ack { id, .. } | WorkReply::NotActive { id, .. } | WorkReply::Rejected { id, .. } => id,
+        }
+    }
+}
+
+/// What a processor announces to its peer and to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub proto: u32,
+    /// Processor name (e.g. `p121`).
+    pub name: String,
+    /// Software version (e.g. `2.0.0`).
+    pub version: String,
+    /// Features this build supports.
+    pub supported: FeatureSet,
+    /// Features enabled now.
+    pub enabled: FeatureSet,
+    /// Current role.
+    pub role: Role,
+    /// Epoch of the last role command applied.
+    pub epoch: u64,
+}
+
+/// Messages between the two agents over the inter-VM link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum LinkMsg {
+    /// First message on a connection, and again whenever role or features change.
+    Hello(Hello),
+    /// Bulk sync of all work units, reflecting updates up to `seq`.
+    StepUp {
+        /// Step-up generation; updates of older generations are ignored.
+        generation: u64,
+        /// Sequence number the snapshot reflects.
+        seq: u64,
+        /// Every work unit.
+        units: Vec<WorkUnit>,
+    },
+    /// One run-state update: a database activity.
+    Update {
+        /// Step-up generation it belongs to.
+        generation: u64,
+        /// Sequence number, gap-free within a generation.
+        seq: u64,
+        /// The applied request.
+        request: WorkRequest,
+    },
+    /// The standby registered everything up to `seq`.
+    Registered {
+        /// Generation acknowledged.
+        generation: u64,
+        /// Highest sequence number registered.
+        seq: u64,
+    },
+    /// Sent when the link is otherwise idle, so that a vanished peer (its VM
+    /// was stopped, no FIN ever comes) is noticed within [`LINK_TIMEOUT_MS`].
+    Heartbeat,
+    /// The standby saw a gap or restarted; it asks for a fresh step-up.
+    Resync {
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A request from the host to an agent on the control port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ControlRequest {
+    /// Who are you.
+    Hello,
+    /// Full status.
+    Status,
+    /// Change role; rejected when `epoch` is older than the agent's.
+    SetRole {
+        /// Target role.
+        role: Role,
+        /// Orchestrator epoch, increased on every role change.
+        epoch: u64,
+    },
+    /// Enable a new feature.
+    EnableFeature {
+        /// Feature name.
+        feature: String,
+    },
+    /// Disable a feature (refused once enabled: the point of no return).
+    DisableFeature {
+        /// Feature name.
+        feature: String,
+    },
+    /// Is this version acceptable, judged over the last `window_ms`?
+    Evaluate {
+        /// Evaluation window in milliseconds.
+        window_ms: u64,
+    },
+    /// Every work unit, for the history check.
+    Dump,
+}
+
+/// Replication state as seen by one agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replication {
+    /// Last sequence number applied locally.
+    pub seq: u64,
+    /// As active: highest seq the standby registered (None without a standby).
+    pub registered: Option<u64>,
+    /// As active: `seq - registered`; as standby: 0 when current.
+    pub lag: u64,
+    /// Current step-up generation.
+    pub generation: u64,
+    /// Step-ups done (sent as active, received as standby).
+    pub stepups: u64,
+    /// True when this active has no standby and acks at once.
+    pub simplex: bool,
+    /// As standby: a step-up completed and no gap since.
+    #[serde(default)]
+    pub synced: bool,
+}
+
+/// The peer as an agent sees it over the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's last hello.
+    pub hello: Hello,
+    /// Whether the link connection is up now.
+    pub connected: bool,
+    /// Why pairing was refused, if it was.
+    pub refused: Option<String>,
+}
+
+/// Full agent status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This agent's hello (name, version, features, role, epoch).
+    pub hello: Hello,
+    /// The peer, once it has said hello.
+    pub peer: Option<PeerStatus>,
+    /// Replication state.
+    pub replication: Replication,
+    /// Number of work units in the database.
+    pub units: usize,
+    /// Work requests acked since boot.
+    pub served: u64,
+    /// Internal errors since boot.
+    pub errors: u64,
+    /// Milliseconds since the agent started.
+    pub uptime_ms: u64,
+}
+
+/// The verdict of an evaluation request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// True when the version is acceptable.
+    pub acceptable: bool,
+    /// What was checked and what failed.
+    pub reasons: Vec<String>,
+}
+
+/// The agent's answer on the control port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ControlReply {
+    /// Answer to [`ControlRequest::Hello`].
+    Hello(Hello),
+    /// Answer to [`ControlRequest::Status`].
+    Status(Box<Status>),
+    /// A command succeeded; the agent's role and epoch after it.
+    Done {
+        /// Role now.
+        role: Role,
+        /// Epoch now.
+        epoch: u64,
+        /// Features enabled now.
+        enabled: FeatureSet,
+    },
+    /// Answer to [`ControlRequest::Evaluate`].
+    Evaluation(Evaluation),
+    /// Answer to [`ControlRequest::Dump`].
+    Dump {
+        /// Last applied sequence number.
+        seq: u64,
+        /// Every work unit.
+        units: Vec<WorkUnit>,
+    },
+    /// The command was refused or failed.
+    Error {
+        /// Why, in words a user can act on.
+        message: String,
+    },
+}
+
+/// Serialize a message as one `\n`-terminated line.
+pub fn to_line<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
+    let mut v = serde_json::to_vec(msg)?;
+    v.push(b'\n');
+    Ok(v)
+}
+
+/// Parse one line (with or without its `\n`).
+pub fn from_line<T: DeserializeOwned>(line: &[u8]) -> Result<T, ProtocolError> {
+    if line.len() > MAX_LINE {
+        return Err(ProtocolError::TooLong(line.len()));
+    }
+    Ok(serde_json::from_slice(line)?)
+}
+
+/// The first feature a link message uses, if any.
+pub fn link_feature(msg: &LinkMsg) -> Option<&'static str> {
+    match msg {
+        LinkMsg::StepUp { units, .. } => units.iter().find(|u| u.priority.is_some()).map(|_| FEATURE_PRIORITY),
+        LinkMsg::Update { request, .. } => request.op.feature(),
+        LinkMsg::Hello(_) | LinkMsg::Heartbeat | LinkMsg::Registered { .. } | LinkMsg::Resync { .. } => None,
+    }
+}
+
+/// Encode a link message, refusing any feature not in `negotiated`
+/// (enabled here and supported by the peer).
+pub fn encode_link(msg: &LinkMsg, negotiated: &FeatureSet) -> Result<Vec<u8>, ProtocolError> {
+    if let Some(f) = link_feature(msg) {
+        if !negotiated.contains(f) {
+            return Err(ProtocolError::NotNegotiated(f.to_string()));
+        }
+    }
+    to_line(msg)
+}
+
+/// Decode a link message, rejecting any feature not in `supported`.
+pub fn decode_link(line: &[u8], supported: &FeatureSet) -> Result<LinkMsg, ProtocolError> {
+    let msg: LinkMsg = from_line(line)?;
+    if let Some(f) = link_feature(&msg) {
+        if !supported.contains(f) {
+            return Err(ProtocolError::Unsupported(f.to_string()));
+        }
+    }
+    Ok(msg)
+}
+
+/// Features that may shape what goes over the link: enabled here and supported by the peer.
+pub fn negotiated(local_enabled: &FeatureSet, peer_supported: &FeatureSet) -> FeatureSet {
+    local_enabled.intersection(peer_supported).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests;

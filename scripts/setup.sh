@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Installs what hitless needs on a Debian 12 host, only what is missing:
+#   - qemu-system-x86 together with a matching qemu-utils (installing the first
+#     alone removes the newer qemu-img the machine may ship; see HOST-NOTES),
+#   - busybox-static, cpio, e2fsprogs, kmod (initramfs and app disks),
+#   - vhost-device-vsock 0.3.0 into a project-local cargo root (.tools/),
+#   - the Debian cloud kernel package, downloaded and unpacked (no install).
+# As root it runs apt-get; otherwise it prints the exact command and fails.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+tools="$here/.tools"
+mkdir -p "$tools"
+
+need_pkgs=()
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86 qemu-utils)
+# qemu-img must come from the same QEMU release as qemu-system (block-extra conflicts).
+if command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null; then
+  sysv=$(qemu-system-x86_64 --version | sed -n '1s/.*version \([0-9]*\.[0-9]*\).*/\1/p')
+  imgv=$(qemu-img --version | sed -n '1s/.*version \([0-9]*\.[0-9]*\).*/\1/p')
+  [ "$sysv" = "$imgv" ] || need_pkgs+=(qemu-utils)
+elif ! command -v qemu-img >/dev/null; then
+  need_pkgs+=(qemu-utils)
+fi
+[ -e /bin/busybox ] && busybox --list 2>/dev/null | grep -qx insmod || need_pkgs+=(busybox-static)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
+command -v depmod >/dev/null || need_pkgs+=(kmod)
+[ -e /usr/share/qemu/qboot.rom ] || need_pkgs+=(qemu-system-data)
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  # De-duplicate while keeping order.
+  pkgs=$(printf '%s\n' "${need_pkgs[@]}" | awk '!seen[$0]++' | tr '\n' ' ')
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing $pkgs"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # Pin qemu-utils to qemu-system-x86's version: a newer qemu-utils (e.g. from
+    # backports) Breaks the 7.2 qemu-system-common and apt gives up.
+    qv=$(apt-cache policy qemu-system-x86 | sed -n 's/^ *Candidate: //p')
+    pkgs=$(echo "$pkgs" | sed "s/qemu-utils/qemu-utils=$qv/")
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends --allow-downgrades $pkgs >/dev/null
+  else
+    echo "setup: missing packages; run as root:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends --allow-downgrades $pkgs" >&2
+    echo "  (qemu-utils must match qemu-system-x86's version: qemu-utils=<that version>)" >&2
+    exit 2
+  fi
+fi
+if ! qemu-img --version >/dev/null 2>&1; then
+  echo "setup: qemu-img is broken after install; run: apt-get install -y qemu-utils" >&2
+  exit 2
+fi
+
+# vhost-device-vsock: the userspace vsock device (no kernel vhost-vsock here).
+if ! [ -x "$tools/bin/vhost-device-vsock" ]; then
+  echo "setup: building vhost-device-vsock 0.3.0 into $tools (about a minute)"
+  cargo install --quiet vhost-device-vsock --version 0.3.0 --locked --root "$tools"
+fi
+
+# Debian's cloud kernel, unpacked (not installed) into .tools/kernel.
+if ! [ -f "$tools/kernel/.done" ]; then
+  echo "setup: downloading Debian's cloud kernel package"
+  rm -rf "$tools/kernel" "$tools/kernel.dl" && mkdir -p "$tools/kernel.dl"
+  meta=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -1)
+  if [ -z "$meta" ]; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq; fi
+    meta=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -1)
+  fi
+  [ -n "$meta" ] || { echo "setup: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 2; }
+  (cd "$tools/kernel.dl" && apt-get download "$meta" >/dev/null)
+  dpkg -x "$tools"/kernel.dl/*.deb "$tools/kernel"
+  rm -rf "$tools/kernel.dl"
+  touch "$tools/kernel/.done"
+fi
+echo "setup: ok ($(qemu-system-x86_64 --version | head -1))"
