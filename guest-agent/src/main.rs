@@ -60,6 +60,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HITLESS_AGENT_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
+        .with_ansi(false)
         .without_time()
         .init();
     let s = match settings(&a) {

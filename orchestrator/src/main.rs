@@ -1,1 +1,196 @@
-fn main() {}
+//! `hitless`: the command line. Parses arguments, wires the event stream to
+//! the terminal, runs a library command and maps its outcome to an exit code.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hitless::config::Config;
+use hitless::events::{render, Events};
+use hitless::rundir::RunDir;
+use hitless::testbed::{self, Testbed, TestbedError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes, so CI can tell a regression from a broken runner.
+mod exit {
+    /// A command failed (bad input, a step failed).
+    pub const FAILED: u8 = 1;
+    /// The environment is broken: QEMU missing, no image, run directory in use.
+    pub const ENVIRONMENT: u8 = 3;
+    /// Interrupted by Ctrl-C (everything started was stopped).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "hitless",
+    version,
+    about = "Rehearse rolling (hitless) software upgrades of an active/standby pair of QEMU processors",
+    long_about = "Two QEMU guests play the two processors of an active/standby pair. `hitless up` boots them \
+(first active, second standby), `hitless status` shows roles, versions, images and replication, \
+`hitless down` stops everything. The run directory (sockets, pids, logs, state) lets later commands re-attach.",
+    after_help = "Examples:\n  hitless up --config vm-configs/pair.yaml\n  hitless status\n  hitless down"
+)]
+struct Cli {
+    /// Testbed configuration.
+    #[arg(long, global = true, default_value = "vm-configs/pair.yaml")]
+    config: PathBuf,
+    /// Run directory (default: $XDG_RUNTIME_DIR/hitless/<name> or /tmp/hitless-<uid>/<name>).
+    #[arg(long, global = true)]
+    run_dir: Option<PathBuf>,
+    /// More output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the boot image and every configured version's app disk (cached).
+    Images,
+    /// Boot the pair and leave it running in the initial state (step 200).
+    Up,
+    /// Show each processor: QEMU state, attached image, agent role/version/replication.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop everything the testbed runs and remove its run directory. Idempotent.
+    Down,
+}
+
+fn run_dir(cli: &Cli) -> anyhow::Result<RunDir> {
+    if let Some(d) = &cli.run_dir {
+        return Ok(RunDir::new(d));
+    }
+    let cfg = Config::load(&cli.config)?;
+    Ok(RunDir::default_for(&cfg.name))
+}
+
+fn code_of(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<TestbedError>() {
+        Some(TestbedError::Environment(_) | TestbedError::AlreadyUp(_) | TestbedError::NotUp(_) | TestbedError::Image(_)) => {
+            exit::ENVIRONMENT
+        }
+        Some(TestbedError::Interrupted) => exit::INTERRUPTED,
+        _ => exit::FAILED,
+    }
+}
+
+async fn up(cli: &Cli, events: Events) -> anyhow::Result<()> {
+    let cfg = Config::load(&cli.config)?;
+    let run = match &cli.run_dir {
+        Some(d) => RunDir::new(d),
+        None => RunDir::default_for(&cfg.name),
+    };
+    let run2 = run.clone();
+    let ev2 = events.clone();
+    let tb = tokio::select! {
+        r = Testbed::up(cfg, run, events) => r?,
+        _ = tokio::signal::ctrl_c() => {
+            // The future is dropped mid-way; its processes are in the pid files.
+            testbed::down(&run2, &ev2);
+            return Err(TestbedError::Interrupted.into());
+        }
+    };
+    print_status(&tb, false).await;
+    eprintln!("pair is up; run directory {}", tb.run.root.display());
+    Ok(())
+}
+
+async fn print_status(tb: &Testbed, json: bool) {
+    let st = tb.status().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{:<6} {:<8} {:<15} {:<8} {:<7} {:<18} {:<34} {:>5} {:>5} {:<28} {}",
+        "PROC", "QEMU", "ROLE", "VERSION", "EPOCH", "FEATURES", "IMAGE", "SEQ", "LAG", "PEER (over link)", "REPLICATION"
+    );
+    for p in st {
+        let img = p.app_disk.as_ref().map(|d| d.backing.rsplit('/').next().unwrap_or("").to_string()).unwrap_or_else(|| "-".into());
+        let qemu = p.run_state.clone().unwrap_or_else(|| "down".into());
+        match &p.agent {
+            Ok(a) => {
+                let feats = if a.hello.enabled.is_empty() { "-".to_string() } else { a.hello.enabled.iter().cloned().collect::<Vec<_>>().join(",") };
+                let peer = match &a.peer {
+                    Some(pp) if pp.connected => format!("{} {} {}", pp.hello.name, pp.hello.version, pp.hello.role),
+                    Some(pp) => format!("{} (link down)", pp.hello.name),
+                    None => "not seen".into(),
+                };
+                let r = &a.replication;
+                let repl = match a.hello.role {
+                    hitless_protocol::Role::Active if r.simplex => "simplex".to_string(),
+                    hitless_protocol::Role::Active => format!("sending, registered {}", r.registered.map_or("-".into(), |s| s.to_string())),
+                    hitless_protocol::Role::Standby if r.synced => format!("registered (step-ups {})", r.stepups),
+                    hitless_protocol::Role::Standby => "awaiting step-up".into(),
+                    hitless_protocol::Role::OutOfService => "-".into(),
+                };
+                println!(
+                    "{:<6} {:<8} {:<15} {:<8} {:<7} {:<18} {:<34} {:>5} {:>5} {:<28} {}",
+                    p.name, qemu, a.hello.role.to_string(), a.hello.version, a.hello.epoch, feats, img, r.seq, r.lag, peer, repl
+                );
+            }
+            Err(e) => println!("{:<6} {:<8} {:<15} {:<8} agent unreachable: {e}", p.name, qemu, "?", p.booted_version),
+        }
+    }
+}
+
+async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
+    match &cli.command {
+        Cmd::Images => {
+            let cfg = Config::load(&cli.config)?;
+            let t = std::time::Instant::now();
+            let (boot, apps) = hitless::images::build_all(&cfg).context("make images")?;
+            println!("boot   {} + {}", boot.kernel.display(), boot.initrd.display());
+            for a in apps {
+                println!("{:<16} {}", a.version, a.path.display());
+            }
+            eprintln!("images ready in {:.2} s", t.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Cmd::Up => up(&cli, events).await,
+        Cmd::Status { json } => {
+            let tb = Testbed::attach(run_dir(&cli)?, events)?;
+            print_status(&tb, *json).await;
+            Ok(())
+        }
+        Cmd::Down => {
+            let run = run_dir(&cli)?;
+            let n = testbed::down(&run, &events);
+            eprintln!("down: stopped {n} processes, removed {}", run.root.display());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HITLESS_LOG").unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let events = Events::new();
+    events.subscribe(|e| eprintln!("{}", render(e)));
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hitless: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ENVIRONMENT);
+        }
+    };
+    match rt.block_on(run(cli, events)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hitless: error: {e:#}");
+            ExitCode::from(code_of(&e))
+        }
+    }
+}

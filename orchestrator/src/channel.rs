@@ -1,0 +1,126 @@
+//! The host's channel to a guest agent. In a guest the agent always listens
+//! on AF_VSOCK; the host reaches it through the kernel (`/dev/vhost-vsock`,
+//! connect to CID:port) or through the userspace vhost-device-vsock daemon's
+//! unix socket (`CONNECT <port>\n`, then `OK <n>\n`, then the stream). Tests
+//! of the agent on the host use plain TCP.
+
+use hitless_protocol::{from_line, to_line, ControlReply, ControlRequest, CONTROL_PORT};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// A byte stream to an agent.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// What went wrong talking to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// Could not connect (the agent may still be booting).
+    #[error("connect to agent port {port}: {detail}")]
+    Connect {
+        /// Guest port.
+        port: u32,
+        /// Why.
+        detail: String,
+    },
+    /// The agent did not answer in time.
+    #[error("agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke.
+    #[error("agent connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The answer is not protocol.
+    #[error("agent reply: {0}")]
+    Protocol(#[from] hitless_protocol::ProtocolError),
+}
+
+/// How to reach one agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// Kernel vsock to this CID.
+    Kernel(u32),
+    /// vhost-device-vsock unix socket.
+    User(PathBuf),
+    /// TCP, one address per port (tests of the agent on the host).
+    Tcp {
+        /// Control port address.
+        control: SocketAddr,
+        /// Work port address.
+        work: SocketAddr,
+    },
+}
+
+impl Channel {
+    /// Open a stream to guest `port`.
+    pub async fn connect(&self, port: u32) -> Result<Box<dyn Stream>, ChannelError> {
+        let err = |detail: String| ChannelError::Connect { port, detail };
+        match self {
+            Channel::Kernel(cid) => {
+                let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, port))
+                    .await
+                    .map_err(|e| err(format!("vsock cid {cid}: {e}")))?;
+                Ok(Box::new(s))
+            }
+            Channel::User(uds) => {
+                let mut s = tokio::net::UnixStream::connect(uds).await.map_err(|e| err(format!("{}: {e}", uds.display())))?;
+                s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(|e| err(e.to_string()))?;
+                // Read the "OK <port>" line byte by byte: nothing after it may be consumed here.
+                let mut line = Vec::new();
+                loop {
+                    let mut b = [0u8; 1];
+                    let n = s.read(&mut b).await.map_err(|e| err(e.to_string()))?;
+                    if n == 0 {
+                        return Err(err("nobody listens on that guest port yet".into()));
+                    }
+                    if b[0] == b'\n' {
+                        break;
+                    }
+                    line.push(b[0]);
+                    if line.len() > 64 {
+                        return Err(err("garbled vhost-device-vsock handshake".into()));
+                    }
+                }
+                if !line.starts_with(b"OK") {
+                    return Err(err(format!("handshake answer {:?}", String::from_utf8_lossy(&line))));
+                }
+                Ok(Box::new(s))
+            }
+            Channel::Tcp { control, work } => {
+                let addr = if port == CONTROL_PORT { control } else { work };
+                let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| err(format!("{addr}: {e}")))?;
+                s.set_nodelay(true)?;
+                Ok(Box::new(s))
+            }
+        }
+    }
+}
+
+/// A control connection to one agent.
+pub struct AgentClient {
+    reader: BufReader<tokio::io::ReadHalf<Box<dyn Stream>>>,
+    writer: tokio::io::WriteHalf<Box<dyn Stream>>,
+}
+
+impl AgentClient {
+    /// Connect to the agent's control port.
+    pub async fn connect(ch: &Channel) -> Result<Self, ChannelError> {
+        let s = ch.connect(CONTROL_PORT).await?;
+        let (r, w) = tokio::io::split(s);
+        Ok(AgentClient { reader: BufReader::new(r), writer: w })
+    }
+
+    /// Send one request and wait (up to `timeout`) for its reply.
+    pub async fn request(&mut self, req: &ControlRequest, timeout: Duration) -> Result<ControlReply, ChannelError> {
+        let fut = async {
+            self.writer.write_all(&to_line(req)?).await?;
+            let mut line = Vec::new();
+            if self.reader.read_until(b'\n', &mut line).await? == 0 {
+                return Err(ChannelError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "agent closed the connection")));
+            }
+            Ok(from_line(&line)?)
+        };
+        tokio::time::timeout(timeout, fut).await.map_err(|_| ChannelError::Timeout(timeout))?
+    }
+}

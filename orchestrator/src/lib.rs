@@ -1,0 +1,27 @@
+//! The hitless orchestrator: drives a rolling software upgrade of an
+//! active/standby pair of QEMU processors (US 7,178,056, Fig. 6).
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | the pair's YAML configuration and its validation |
+//! | [`images`] | boot image and per-version app disks, cached by content |
+//! | [`accel`] | KVM only where it really works, else TCG |
+//! | [`qemu`] | the QEMU command line, as pure functions |
+//! | [`process`] | helper processes in their own groups, pid files |
+//! | [`qmp`] | QMP queries and actions on each QEMU |
+//! | [`channel`] | the vsock channel to each guest agent |
+//! | [`rundir`] | the run directory: sockets, logs, state, journal |
+//! | [`testbed`] | up, attach, reload, status, down |
+//! | [`events`] | the one event stream behind terminal and transcript |
+#![warn(missing_docs)]
+
+pub mod accel;
+pub mod channel;
+pub mod config;
+pub mod events;
+pub mod images;
+pub mod process;
+pub mod qemu;
+pub mod qmp;
+pub mod rundir;
+pub mod testbed;

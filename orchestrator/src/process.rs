@@ -1,0 +1,124 @@
+//! Helper processes (QEMU, vhost-device-vsock): each runs in its own process
+//! group, its output goes to a log file in the run directory, and its pid is
+//! written to a pid file at once — so `hitless down` can stop it by group id
+//! even after the orchestrator that started it died. Nothing is ever stopped
+//! by name.
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What went wrong with a helper process.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The binary could not be started.
+    #[error("cannot start {program}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A run-directory file could not be written or read.
+    #[error("{path}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started helper: its pid (= process group id) and where its pid file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Helper {
+    /// Process id and process group id.
+    pub pid: u32,
+    /// Its pid file.
+    pub pid_file: PathBuf,
+}
+
+/// Start `program args` in a new process group, output appended to `log`, pid written to `pid_file`.
+pub fn spawn(program: &Path, args: &[String], log: &Path, pid_file: &Path) -> Result<Helper, ProcessError> {
+    let file_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ProcessError::File { path, source }
+    };
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(file_err(log))?;
+    let err = out.try_clone().map_err(file_err(log))?;
+    tracing::debug!("exec {} {}", program.display(), args.join(" "));
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Own group: a Ctrl-C at the terminal does not reach it; we stop it ourselves, by group.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| ProcessError::Spawn { program: program.display().to_string(), source })?;
+    let pid = child.id();
+    std::fs::write(pid_file, format!("{pid}\n")).map_err(file_err(pid_file))?;
+    // The child is reaped by whoever waits on the pid; dropping the handle does not kill it.
+    std::mem::forget(child);
+    Ok(Helper { pid, pid_file: pid_file.to_path_buf() })
+}
+
+/// Read a pid file.
+pub fn read_pid(pid_file: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is alive (not a zombie).
+pub fn alive(pid: u32) -> bool {
+    // Reap it if it is our exited child, so it does not linger as a zombie.
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Wait up to `timeout` for `pid` to exit.
+pub fn wait_exit(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+/// Stop the process group led by `pid`: SIGTERM, wait up to `grace`, then SIGKILL. Idempotent.
+pub fn stop_group(pid: u32, grace: Duration) {
+    if pid <= 1 || !alive(pid) {
+        return;
+    }
+    let pg = Pid::from_raw(pid as i32);
+    let _ = killpg(pg, Signal::SIGTERM).or_else(|_| kill(pg, Signal::SIGTERM));
+    if !wait_exit(pid, grace) {
+        let _ = killpg(pg, Signal::SIGKILL).or_else(|_| kill(pg, Signal::SIGKILL));
+        wait_exit(pid, Duration::from_secs(2));
+    }
+}
+
+/// Stop the helper whose pid is in `pid_file` (if any), then remove the file.
+pub fn stop_pid_file(pid_file: &Path, grace: Duration) {
+    if let Some(pid) = read_pid(pid_file) {
+        stop_group(pid, grace);
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// The last `n` lines of a log file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

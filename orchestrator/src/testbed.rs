@@ -1,0 +1,613 @@
+//! The twin-processor testbed: bringing the pair up, re-attaching to it,
+//! reloading one processor with another version, querying it, tearing it
+//! down. Every helper process is started through [`crate::process`] so that
+//! `down` can always stop it from the run directory's pid files.
+
+use crate::accel::{self, Accel, HostKvm};
+use crate::channel::{AgentClient, Channel, ChannelError};
+use crate::config::{Config, VsockMode};
+use crate::events::{Event, Events, ProcView};
+use crate::images::{self, AppImage, BootImage};
+use crate::process;
+use crate::qemu::{self, MachineSpec, VsockDevice};
+use crate::qmp::{AppDisk, Qmp};
+use crate::rundir::{ProcState, RunDir, State, VsockKind};
+use hitless_protocol::{ControlReply, ControlRequest, Hello, Role, Status};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What went wrong with the testbed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// An image could not be built.
+    #[error("building images")]
+    Image(#[from] images::ImageError),
+    /// Something the host must provide is missing.
+    #[error("environment: {0}")]
+    Environment(String),
+    /// The run directory is in use.
+    #[error("testbed already up in {0} (run `hitless down` first, or pick another --run-dir)")]
+    AlreadyUp(PathBuf),
+    /// No testbed in the run directory.
+    #[error("no testbed is up in {0} (run `hitless up` first)")]
+    NotUp(PathBuf),
+    /// A helper process failed.
+    #[error("processor {processor}")]
+    Process {
+        /// Processor.
+        processor: String,
+        /// Why.
+        #[source]
+        source: process::ProcessError,
+    },
+    /// A processor did not come up.
+    #[error("processor {processor} did not come up: {why}\n--- last serial console lines ---\n{serial}\n--- QEMU output ---\n{qemu}")]
+    Boot {
+        /// Processor.
+        processor: String,
+        /// What was waited for.
+        why: String,
+        /// Serial tail.
+        serial: String,
+        /// QEMU log tail.
+        qemu: String,
+    },
+    /// A QMP call failed.
+    #[error("processor {processor}")]
+    Qmp {
+        /// Processor.
+        processor: String,
+        /// Why.
+        #[source]
+        source: crate::qmp::QmpError,
+    },
+    /// The agent failed or refused.
+    #[error("processor {processor}: {message}")]
+    Agent {
+        /// Processor.
+        processor: String,
+        /// What the agent said.
+        message: String,
+    },
+    /// A run-directory file could not be used.
+    #[error("{path}")]
+    File {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Interrupted (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> TestbedError + '_ {
+    move |source| TestbedError::File { path: path.to_path_buf(), source }
+}
+
+/// Named timeouts; TCG is slower than KVM, so they scale with the accelerator.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From QEMU start to the agent answering.
+    pub boot: Duration,
+    /// One control request.
+    pub request: Duration,
+    /// A standby's step-up.
+    pub stepup: Duration,
+}
+
+impl Timeouts {
+    /// Timeouts for `accel`.
+    pub fn for_accel(accel: Accel) -> Self {
+        let k = if accel == Accel::Kvm { 1 } else { 3 };
+        Timeouts { boot: Duration::from_secs(20 * k), request: Duration::from_secs(10 * k), stepup: Duration::from_secs(10 * k) }
+    }
+}
+
+/// A processor's full status: QEMU's view and the agent's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProcessorStatus {
+    /// Name.
+    pub name: String,
+    /// Version the orchestrator booted.
+    pub booted_version: String,
+    /// QEMU pid, if alive.
+    pub pid: Option<u32>,
+    /// QMP `query-status`.
+    pub run_state: Option<String>,
+    /// QMP: which app image is attached.
+    pub app_disk: Option<AppDisk>,
+    /// The agent's status, or why it could not be had.
+    pub agent: Result<Status, String>,
+}
+
+/// The running pair.
+pub struct Testbed {
+    /// Configuration.
+    pub cfg: Config,
+    /// Run directory.
+    pub run: RunDir,
+    /// Recorded state.
+    pub state: State,
+    /// Boot image.
+    pub boot: BootImage,
+    /// Event stream.
+    pub events: Events,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Is a usable QEMU there?
+pub fn check_qemu(qemu: &Path) -> Result<(), TestbedError> {
+    match std::process::Command::new(qemu).arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(TestbedError::Environment(format!(
+            "{} --version failed: {}",
+            qemu.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))),
+        Err(e) => Err(TestbedError::Environment(format!(
+            "QEMU not found: cannot run {} ({e}); install qemu-system-x86 (make setup) or set HITLESS_QEMU",
+            qemu.display()
+        ))),
+    }
+}
+
+fn vsock_kind(mode: VsockMode) -> Result<VsockKind, TestbedError> {
+    let kernel_ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-vsock").is_ok();
+    match mode {
+        VsockMode::Kernel if kernel_ok => Ok(VsockKind::Kernel),
+        VsockMode::Kernel => Err(TestbedError::Environment(
+            "vsock: kernel requested but /dev/vhost-vsock is not usable; use vsock: auto or user".into(),
+        )),
+        VsockMode::User => Ok(VsockKind::User),
+        VsockMode::Auto if kernel_ok => Ok(VsockKind::Kernel),
+        VsockMode::Auto => Ok(VsockKind::User),
+    }
+}
+
+impl Testbed {
+    /// Bring the pair up to the initial state (step 200): first processor active, second standby after its step-up.
+    pub async fn up(cfg: Config, run: RunDir, events: Events) -> Result<Testbed, TestbedError> {
+        check_qemu(&cfg.qemu)?;
+        if run.state_file().exists() {
+            let alive = run.pid_files().iter().filter_map(|p| process::read_pid(p)).any(process::alive);
+            if alive {
+                return Err(TestbedError::AlreadyUp(run.root.clone()));
+            }
+            // A dead testbed's leftovers (e.g. the machine rebooted): clear them.
+            down(&run, &events);
+        }
+        let (accel, reason) = accel::choose(cfg.accelerator, HostKvm::probe()).map_err(TestbedError::Environment)?;
+        let vsock = vsock_kind(cfg.vsock)?;
+        if vsock == VsockKind::User && !cfg.vhost_device_vsock.is_file() {
+            return Err(TestbedError::Environment(format!(
+                "vhost-device-vsock not found at {} (run `make setup`)",
+                cfg.vhost_device_vsock.display()
+            )));
+        }
+        events.progress("building images (cached by content)");
+        let boot = images::boot_image(&cfg)?;
+        images::app_image(&cfg, &cfg.initial_version)?;
+        std::fs::create_dir_all(&run.root).map_err(file_err(&run.root))?;
+        let state = State {
+            config: cfg.file.canonicalize().unwrap_or_else(|_| cfg.file.clone()),
+            accel,
+            accel_reason: reason.clone(),
+            vsock,
+            epoch: 0,
+            processors: cfg
+                .processors
+                .iter()
+                .map(|p| ProcState { name: p.name.clone(), version: cfg.initial_version.clone(), boots: 0 })
+                .collect(),
+        };
+        run.save_state(&state).map_err(file_err(&run.state_file()))?;
+        events.emit(Event::Accelerator { accel: accel.to_string(), reason });
+        let mut tb = Testbed { timeouts: Timeouts::for_accel(accel), cfg, run, state, boot, events };
+        let result = tb.bring_up().await;
+        if let Err(e) = result {
+            // Nothing half-started may survive a failed `up`.
+            down(&tb.run, &tb.events);
+            return Err(e);
+        }
+        Ok(tb)
+    }
+
+    async fn bring_up(&mut self) -> Result<(), TestbedError> {
+        let names: Vec<String> = self.cfg.processors.iter().map(|p| p.name.clone()).collect();
+        let version = self.cfg.initial_version.clone();
+        for n in &names {
+            std::fs::create_dir_all(self.run.proc_dir(n)).map_err(file_err(&self.run.proc_dir(n)))?;
+            if self.state.vsock == VsockKind::User {
+                self.start_vsock_daemon(n)?;
+            }
+        }
+        // Both guests boot in parallel: start both QEMUs, then wait for both agents.
+        let mut started = Vec::new();
+        for n in &names {
+            started.push((n.clone(), self.start_qemu(n, &version).await?));
+        }
+        for (n, t0) in &started {
+            self.wait_agent(n, *t0).await?;
+        }
+        self.set_role(&names[0], Role::Active).await?;
+        self.set_role(&names[1], Role::Standby).await?;
+        self.wait_standby_current(&names[1]).await?;
+        self.wait_peers_seen().await
+    }
+
+    /// Re-attach to a testbed that `hitless up` left running.
+    pub fn attach(run: RunDir, events: Events) -> Result<Testbed, TestbedError> {
+        let state = run.load_state().map_err(|_| TestbedError::NotUp(run.root.clone()))?;
+        let cfg = Config::load(&state.config)?;
+        let boot = images::boot_image(&cfg)?;
+        Ok(Testbed { timeouts: Timeouts::for_accel(state.accel), cfg, run, state, boot, events })
+    }
+
+    fn save(&self) -> Result<(), TestbedError> {
+        self.run.save_state(&self.state).map_err(file_err(&self.run.state_file()))
+    }
+
+    fn proc_state(&mut self, name: &str) -> &mut ProcState {
+        let i = self.state.processors.iter().position(|p| p.name == name).unwrap_or(0);
+        &mut self.state.processors[i]
+    }
+
+    /// The version a processor was last booted with.
+    pub fn version_of(&self, name: &str) -> String {
+        self.state.processors.iter().find(|p| p.name == name).map(|p| p.version.clone()).unwrap_or_default()
+    }
+
+    /// Processor names, in config order.
+    pub fn names(&self) -> Vec<String> {
+        self.cfg.processors.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The other processor.
+    pub fn peer_of(&self, name: &str) -> String {
+        self.names().into_iter().find(|n| n != name).unwrap_or_default()
+    }
+
+    fn start_vsock_daemon(&self, name: &str) -> Result<(), TestbedError> {
+        let p = self.cfg.processor(name).ok_or_else(|| TestbedError::Environment(format!("unknown processor {name}")))?;
+        let uds = self.run.vsock_uds(name);
+        let sock = self.run.vhost_user(name);
+        for f in [&uds, &sock] {
+            let _ = std::fs::remove_file(f);
+        }
+        let arg = format!("guest-cid={},socket={},uds-path={}", p.cid, sock.display(), uds.display());
+        process::spawn(&self.cfg.vhost_device_vsock, &["--vm".into(), arg], &self.run.vsock_log(name), &self.run.vsock_pid(name))
+            .map_err(|source| TestbedError::Process { processor: name.into(), source })?;
+        // QEMU connects to the daemon's socket at start: wait for it to exist.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sock.exists() {
+            if Instant::now() > deadline {
+                return Err(TestbedError::Boot {
+                    processor: name.into(),
+                    why: format!("vhost-device-vsock did not create {}", sock.display()),
+                    serial: String::new(),
+                    qemu: process::tail(&self.run.vsock_log(name), 20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Start a processor's QEMU booting `version` from a fresh overlay; returns its start time.
+    async fn start_qemu(&mut self, name: &str, version: &str) -> Result<Instant, TestbedError> {
+        let app: AppImage = images::app_image(&self.cfg, version)?;
+        let boots = self.proc_state(name).boots + 1;
+        let overlay = self.run.overlay(name, boots, version);
+        let out = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&app.path)
+            .arg(&overlay)
+            .output()
+            .map_err(|e| TestbedError::Environment(format!("qemu-img not runnable: {e} (run `make setup`)")))?;
+        if !out.status.success() {
+            return Err(TestbedError::Environment(format!(
+                "qemu-img create {}: {}",
+                overlay.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let peer = self.peer_of(name);
+        let me = self.cfg.processor(name).cloned().ok_or_else(|| TestbedError::Environment(format!("unknown processor {name}")))?;
+        let peer_addr = self.cfg.processor(&peer).map(|p| p.link_local()).unwrap_or_default();
+        let vsock = match self.state.vsock {
+            VsockKind::Kernel => VsockDevice::Kernel(me.cid),
+            VsockKind::User => VsockDevice::User(self.run.vhost_user(name)),
+        };
+        let (qmp, serial, link, link_peer) = (self.run.qmp(name), self.run.serial(name), self.run.link(name), self.run.link(&peer));
+        // A restarted QEMU binds its link socket again; the dead one's file would block it.
+        let _ = std::fs::remove_file(&link);
+        let _ = std::fs::remove_file(&qmp);
+        let spec = MachineSpec {
+            processor: &me,
+            accel: self.state.accel,
+            kernel: &self.boot.kernel,
+            initrd: &self.boot.initrd,
+            app_overlay: &overlay,
+            qmp: &qmp,
+            serial: &serial,
+            link_local: &link,
+            link_remote: &link_peer,
+            peer_addr: &peer_addr,
+            dial: self.names().first().map(String::as_str) != Some(name),
+            vsock: &vsock,
+        };
+        let argv = qemu::argv(&spec);
+        let t0 = Instant::now();
+        let helper = process::spawn(&self.cfg.qemu, &argv, &self.run.qemu_log(name), &self.run.qemu_pid(name))
+            .map_err(|source| TestbedError::Process { processor: name.into(), source })?;
+        {
+            let st = self.proc_state(name);
+            st.boots = boots;
+            st.version = version.to_string();
+        }
+        self.save()?;
+        self.events.emit(Event::ProcessorStarted {
+            processor: name.into(),
+            version: version.into(),
+            image: app.path.display().to_string(),
+            overlay: overlay.display().to_string(),
+            pid: helper.pid,
+        });
+        Ok(t0)
+    }
+
+    fn boot_error(&self, name: &str, why: String) -> TestbedError {
+        TestbedError::Boot {
+            processor: name.into(),
+            why,
+            serial: process::tail(&self.run.serial(name), 25),
+            qemu: process::tail(&self.run.qemu_log(name), 10),
+        }
+    }
+
+    /// Whether a processor's QEMU is running.
+    pub fn qemu_alive(&self, name: &str) -> Option<u32> {
+        process::read_pid(&self.run.qemu_pid(name)).filter(|p| process::alive(*p))
+    }
+
+    /// Wait (bounded, stopping early if QEMU dies) until the agent answers hello.
+    async fn wait_agent(&self, name: &str, t0: Instant) -> Result<Hello, TestbedError> {
+        let deadline = t0 + self.timeouts.boot;
+        let ch = self.channel(name);
+        loop {
+            if self.qemu_alive(name).is_none() {
+                return Err(self.boot_error(name, "QEMU exited during boot".into()));
+            }
+            if Instant::now() > deadline {
+                return Err(self.boot_error(name, format!("agent did not answer within {:?}", self.timeouts.boot)));
+            }
+            if let Ok(mut c) = AgentClient::connect(&ch).await {
+                if let Ok(ControlReply::Hello(h)) = c.request(&ControlRequest::Hello, Duration::from_secs(2)).await {
+                    self.events.emit(Event::AgentReady {
+                        processor: name.into(),
+                        version: h.version.clone(),
+                        boot_ms: t0.elapsed().as_millis() as u64,
+                    });
+                    return Ok(h);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How the host reaches a processor's agent.
+    pub fn channel(&self, name: &str) -> Channel {
+        match self.state.vsock {
+            VsockKind::User => Channel::User(self.run.vsock_uds(name)),
+            VsockKind::Kernel => Channel::Kernel(self.cfg.processor(name).map(|p| p.cid).unwrap_or(3)),
+        }
+    }
+
+    /// One control request to a processor's agent.
+    pub async fn control(&self, name: &str, req: ControlRequest) -> Result<ControlReply, TestbedError> {
+        let agent_err = |e: ChannelError| TestbedError::Agent { processor: name.into(), message: e.to_string() };
+        let mut c = AgentClient::connect(&self.channel(name)).await.map_err(agent_err)?;
+        let timeout = match req {
+            ControlRequest::Evaluate { window_ms } => self.timeouts.request + Duration::from_millis(window_ms),
+            _ => self.timeouts.request,
+        };
+        let reply = c.request(&req, timeout).await.map_err(agent_err)?;
+        match reply {
+            ControlReply::Error { message } => Err(TestbedError::Agent { processor: name.into(), message }),
+            r => Ok(r),
+        }
+    }
+
+    /// The agent's status.
+    pub async fn agent_status(&self, name: &str) -> Result<Status, TestbedError> {
+        match self.control(name, ControlRequest::Status).await? {
+            ControlReply::Status(s) => Ok(*s),
+            other => Err(TestbedError::Agent { processor: name.into(), message: format!("unexpected reply {other:?}") }),
+        }
+    }
+
+    /// Give a processor a role at the next epoch.
+    pub async fn set_role(&mut self, name: &str, role: Role) -> Result<u64, TestbedError> {
+        self.state.epoch += 1;
+        let epoch = self.state.epoch;
+        self.save()?;
+        self.control(name, ControlRequest::SetRole { role, epoch }).await?;
+        self.events.emit(Event::Role { processor: name.into(), role: role.to_string(), epoch });
+        Ok(epoch)
+    }
+
+    /// Wait until `name` is a standby that completed its step-up and the active sees it registered.
+    pub async fn wait_standby_current(&self, name: &str) -> Result<(), TestbedError> {
+        let deadline = Instant::now() + self.timeouts.stepup;
+        let active = self.peer_of(name);
+        loop {
+            let s = self.agent_status(name).await?;
+            let a = self.agent_status(&active).await?;
+            if s.replication.synced && a.replication.registered.is_some() && !a.replication.simplex {
+                return Ok(());
+            }
+            if let Some(why) = s.peer.as_ref().and_then(|p| p.refused.clone()) {
+                return Err(TestbedError::Agent { processor: name.into(), message: format!("cannot become standby: {why}") });
+            }
+            if Instant::now() > deadline {
+                return Err(TestbedError::Agent {
+                    processor: name.into(),
+                    message: format!("step-up from {active} not complete within {:?}", self.timeouts.stepup),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_peers_seen(&self) -> Result<(), TestbedError> {
+        let deadline = Instant::now() + self.timeouts.stepup;
+        for n in self.names() {
+            loop {
+                let s = self.agent_status(&n).await?;
+                if s.peer.as_ref().is_some_and(|p| p.connected) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(TestbedError::Agent { processor: n.clone(), message: "does not see its peer over the link".into() });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop a processor: QMP `quit`, bounded wait, then SIGKILL of its process group.
+    pub async fn stop_processor(&mut self, name: &str) -> Result<(), TestbedError> {
+        let how = match Qmp::connect(&self.run.qmp(name)).await {
+            Ok(q) => {
+                q.quit().await;
+                "QMP quit"
+            }
+            Err(_) => "QMP unreachable; killed",
+        };
+        process::stop_pid_file(&self.run.qemu_pid(name), Duration::from_secs(3));
+        self.events.emit(Event::ProcessorStopped { processor: name.into(), how: how.into() });
+        Ok(())
+    }
+
+    /// Reload a processor with `version`: it goes down and comes back as a
+    /// fresh QEMU on a new overlay of that version's image, same identity.
+    /// Returns what QMP shows it booted.
+    pub async fn reload(&mut self, name: &str, version: &str) -> Result<AppDisk, TestbedError> {
+        // Build first: a missing image must fail before the processor goes down.
+        let app = images::app_image(&self.cfg, version)?;
+        let before = self.qmp_app_disk(name).await.ok();
+        self.stop_processor(name).await?;
+        let t0 = self.start_qemu(name, version).await?;
+        let hello = self.wait_agent(name, t0).await?;
+        let after = self.qmp_app_disk(name).await?;
+        let from = before.map(|d| d.backing).unwrap_or_else(|| "-".into());
+        self.events.emit(Event::Qmp {
+            processor: name.into(),
+            action: "query-named-block-nodes".into(),
+            detail: format!("app disk now {} over {} (was over {from})", file_name(&after.overlay), file_name(&after.backing)),
+        });
+        if after.backing != app.path.display().to_string() {
+            return Err(TestbedError::Agent {
+                processor: name.into(),
+                message: format!("QMP shows backing image {}, expected {}", after.backing, app.path.display()),
+            });
+        }
+        let want = app.manifest.get("version").and_then(|v| v.as_str()).unwrap_or_default();
+        if hello.version != want {
+            return Err(TestbedError::Agent { processor: name.into(), message: format!("agent reports {}, expected {want}", hello.version) });
+        }
+        Ok(after)
+    }
+
+    /// QMP's view of the app disk.
+    pub async fn qmp_app_disk(&self, name: &str) -> Result<AppDisk, TestbedError> {
+        let q = Qmp::connect(&self.run.qmp(name)).await.map_err(|source| TestbedError::Qmp { processor: name.into(), source })?;
+        q.app_disk().await.map_err(|source| TestbedError::Qmp { processor: name.into(), source })
+    }
+
+    /// Full status of both processors.
+    pub async fn status(&self) -> Vec<ProcessorStatus> {
+        let mut out = Vec::new();
+        for n in self.names() {
+            let pid = self.qemu_alive(&n);
+            let (run_state, app_disk) = match (pid, Qmp::connect(&self.run.qmp(&n)).await) {
+                (Some(_), Ok(q)) => (q.status().await.ok(), q.app_disk().await.ok()),
+                _ => (None, None),
+            };
+            let agent = if pid.is_some() { self.agent_status(&n).await.map_err(|e| e.to_string()) } else { Err("QEMU is not running".into()) };
+            out.push(ProcessorStatus { booted_version: self.version_of(&n), name: n, pid, run_state, app_disk, agent });
+        }
+        out
+    }
+
+    /// Roles and versions as the agents report them (for the transcript).
+    pub async fn pair_view(&self) -> Vec<ProcView> {
+        let mut v = Vec::new();
+        for n in self.names() {
+            let (role, version) = match self.agent_status(&n).await {
+                Ok(s) => (s.hello.role.to_string(), s.hello.version),
+                Err(_) => ("down".to_string(), self.version_of(&n)),
+            };
+            v.push(ProcView { processor: n, role, version });
+        }
+        v
+    }
+}
+
+fn file_name(p: &str) -> String {
+    Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())
+}
+
+/// Tear down whatever runs from `run`: QEMUs by QMP quit then by process
+/// group, daemons by process group; then remove the run directory.
+/// Idempotent, and works after the orchestrator or a VM died.
+pub fn down(run: &RunDir, events: &Events) -> usize {
+    let mut stopped = 0;
+    for pf in run.pid_files() {
+        if let Some(pid) = process::read_pid(&pf) {
+            if process::alive(pid) {
+                stopped += 1;
+                let is_qemu = pf.file_name().is_some_and(|n| n == "qemu.pid");
+                if is_qemu {
+                    // Try a clean quit first; QEMU then exits on its own.
+                    if let Some(dir) = pf.parent() {
+                        quit_blocking(&dir.join("qmp.sock"));
+                    }
+                    process::wait_exit(pid, Duration::from_secs(2));
+                }
+                process::stop_group(pid, Duration::from_secs(2));
+                events.progress(format!("stopped {} (pid {pid})", pf.display()));
+            }
+        }
+        let _ = std::fs::remove_file(&pf);
+    }
+    if run.root.exists() {
+        let _ = std::fs::remove_dir_all(&run.root);
+    }
+    stopped
+}
+
+/// Send QMP `quit` without an async runtime (used from `down`, also after Ctrl-C).
+fn quit_blocking(sock: &Path) {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(s) = std::os::unix::net::UnixStream::connect(sock) else { return };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut r = BufReader::new(&s);
+    let mut line = String::new();
+    let _ = r.read_line(&mut line);
+    let mut w = &s;
+    let _ = w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n");
+    line.clear();
+    let _ = r.read_line(&mut line);
+    let _ = w.write_all(b"{\"execute\":\"quit\"}\n");
+    line.clear();
+    let _ = r.read_line(&mut line);
+}
