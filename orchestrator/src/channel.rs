@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
+/// How long opening a channel may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A byte stream to an agent.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -53,8 +56,14 @@ pub enum Channel {
 }
 
 impl Channel {
-    /// Open a stream to guest `port`.
+    /// Open a stream to guest `port` (bounded: a wedged transport is an error, not a hang).
     pub async fn connect(&self, port: u32) -> Result<Box<dyn Stream>, ChannelError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(port))
+            .await
+            .map_err(|_| ChannelError::Connect { port, detail: format!("no answer within {CONNECT_TIMEOUT:?}") })?
+    }
+
+    async fn connect_inner(&self, port: u32) -> Result<Box<dyn Stream>, ChannelError> {
         let err = |detail: String| ChannelError::Connect { port, detail };
         match self {
             Channel::Kernel(cid) => {

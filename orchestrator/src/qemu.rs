@@ -161,3 +161,61 @@ pub fn vsock_args(m: &MachineSpec) -> Vec<String> {
 pub fn argv(m: &MachineSpec) -> Vec<String> {
     [machine_args(m), boot_args(m), control_args(m), disk_args(m), link_args(m), vsock_args(m)].concat()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn proc() -> Processor {
+        Processor { name: "p122".into(), mac: "52:54:00:00:01:22".into(), memory_mib: 256, vcpus: 1, cid: 4 }
+    }
+
+    #[test]
+    fn argv_user_vsock_tcg() {
+        let p = proc();
+        let vs = VsockDevice::User("/run/p122/vhost-vsock.sock".into());
+        let m = MachineSpec {
+            processor: &p,
+            accel: Accel::Tcg,
+            kernel: Path::new("/cache/boot/vmlinuz"),
+            initrd: Path::new("/cache/boot/initramfs.cpio"),
+            app_overlay: Path::new("/run/p122/app-1-1.0.0.qcow2"),
+            qmp: Path::new("/run/p122/qmp.sock"),
+            serial: Path::new("/run/p122/serial.log"),
+            link_local: Path::new("/run/p122/link.sock"),
+            link_remote: Path::new("/run/p121/link.sock"),
+            peer_addr: "fe80::5054:ff:fe00:121",
+            dial: true,
+            vsock: &vs,
+        };
+        let argv = argv(&m).join("\n").replace(&format!("-bios\n{QBOOT}\n"), "");
+        insta::assert_snapshot!(argv);
+    }
+
+    #[test]
+    fn kernel_vsock_and_kvm() {
+        let p = proc();
+        let vs = VsockDevice::Kernel(4);
+        let m = MachineSpec {
+            processor: &p,
+            accel: Accel::Kvm,
+            kernel: Path::new("k"),
+            initrd: Path::new("i"),
+            app_overlay: Path::new("o"),
+            qmp: Path::new("q"),
+            serial: Path::new("s"),
+            link_local: Path::new("a"),
+            link_remote: Path::new("b"),
+            peer_addr: "fe80::1",
+            dial: false,
+            vsock: &vs,
+        };
+        let a = argv(&m);
+        assert!(a.contains(&"vhost-vsock-pci,guest-cid=4".to_string()));
+        assert!(a.iter().any(|x| x.starts_with("q35,accel=kvm") && !x.contains("memory-backend")));
+        assert!(a.contains(&"host".to_string()));
+        assert!(!a.iter().any(|x| x.contains("memfd")));
+        assert!(!a.iter().any(|x| x.contains("hitless.dial")));
+    }
+}

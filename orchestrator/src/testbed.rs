@@ -126,6 +126,13 @@ pub struct ProcessorStatus {
     pub agent: Result<Status, String>,
 }
 
+/// A boot in progress: when QEMU started and where its console output begins.
+#[derive(Debug, Clone, Copy)]
+struct Boot {
+    t0: Instant,
+    serial_offset: u64,
+}
+
 /// The running pair.
 pub struct Testbed {
     /// Configuration.
@@ -233,8 +240,8 @@ impl Testbed {
         for n in &names {
             started.push((n.clone(), self.start_qemu(n, &version).await?));
         }
-        for (n, t0) in &started {
-            self.wait_agent(n, *t0).await?;
+        for (n, boot) in &started {
+            self.wait_agent(n, *boot).await?;
         }
         self.set_role(&names[0], Role::Active).await?;
         self.set_role(&names[1], Role::Standby).await?;
@@ -301,7 +308,7 @@ impl Testbed {
     }
 
     /// Start a processor's QEMU booting `version` from a fresh overlay; returns its start time.
-    async fn start_qemu(&mut self, name: &str, version: &str) -> Result<Instant, TestbedError> {
+    async fn start_qemu(&mut self, name: &str, version: &str) -> Result<Boot, TestbedError> {
         let app: AppImage = images::app_image(&self.cfg, version)?;
         let boots = self.proc_state(name).boots + 1;
         let overlay = self.run.overlay(name, boots, version);
@@ -344,6 +351,7 @@ impl Testbed {
             vsock: &vsock,
         };
         let argv = qemu::argv(&spec);
+        let serial_offset = std::fs::metadata(&serial).map(|m| m.len()).unwrap_or(0);
         let t0 = Instant::now();
         let helper = process::spawn(&self.cfg.qemu, &argv, &self.run.qemu_log(name), &self.run.qemu_pid(name))
             .map_err(|source| TestbedError::Process { processor: name.into(), source })?;
@@ -360,7 +368,7 @@ impl Testbed {
             overlay: overlay.display().to_string(),
             pid: helper.pid,
         });
-        Ok(t0)
+        Ok(Boot { t0, serial_offset })
     }
 
     fn boot_error(&self, name: &str, why: String) -> TestbedError {
@@ -378,9 +386,27 @@ impl Testbed {
     }
 
     /// Wait (bounded, stopping early if QEMU dies) until the agent answers hello.
-    async fn wait_agent(&self, name: &str, t0: Instant) -> Result<Hello, TestbedError> {
-        let deadline = t0 + self.timeouts.boot;
+    async fn wait_agent(&self, name: &str, boot: Boot) -> Result<Hello, TestbedError> {
+        let deadline = boot.t0 + self.timeouts.boot;
         let ch = self.channel(name);
+        // Connecting before the guest's vsock driver is up can wedge the userspace
+        // daemon for good; the agent's "listening" line on the console says it is up.
+        let serial = self.run.serial(name);
+        let start_len = boot.serial_offset;
+        loop {
+            if self.qemu_alive(name).is_none() {
+                return Err(self.boot_error(name, "QEMU exited during boot".into()));
+            }
+            if Instant::now() > deadline {
+                return Err(self.boot_error(name, format!("agent did not start within {:?}", self.timeouts.boot)));
+            }
+            let text = std::fs::read(&serial).unwrap_or_default();
+            let new = text.get(start_len as usize..).unwrap_or_default();
+            if String::from_utf8_lossy(new).contains(LISTENING_MARK) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         loop {
             if self.qemu_alive(name).is_none() {
                 return Err(self.boot_error(name, "QEMU exited during boot".into()));
@@ -393,7 +419,7 @@ impl Testbed {
                     self.events.emit(Event::AgentReady {
                         processor: name.into(),
                         version: h.version.clone(),
-                        boot_ms: t0.elapsed().as_millis() as u64,
+                        boot_ms: boot.t0.elapsed().as_millis() as u64,
                     });
                     return Ok(h);
                 }
@@ -505,8 +531,8 @@ impl Testbed {
         let app = images::app_image(&self.cfg, version)?;
         let before = self.qmp_app_disk(name).await.ok();
         self.stop_processor(name).await?;
-        let t0 = self.start_qemu(name, version).await?;
-        let hello = self.wait_agent(name, t0).await?;
+        let boot = self.start_qemu(name, version).await?;
+        let hello = self.wait_agent(name, boot).await?;
         let after = self.qmp_app_disk(name).await?;
         let from = before.map(|d| d.backing).unwrap_or_else(|| "-".into());
         self.events.emit(Event::Qmp {
@@ -561,6 +587,9 @@ impl Testbed {
         v
     }
 }
+
+/// What the agent prints on the console once its vsock services listen.
+pub const LISTENING_MARK: &str = ") listening";
 
 fn file_name(p: &str) -> String {
     Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())

@@ -1,0 +1,47 @@
+# hitless — the two commands of the README are `make testbed` and `make test`.
+# Every target installs/builds what it needs first (scripts/setup.sh is a no-op
+# when everything is there).
+
+CARGO   ?= cargo
+CONFIG  ?= vm-configs/pair.yaml
+HITLESS  = target/release/hitless
+RUN_DIR ?= $(CURDIR)/.cache/run
+
+.PHONY: all setup build images testbed test unit-test vm-test bench clean down
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build:
+	$(CARGO) build --release -p hitless
+
+images: setup build
+	$(HITLESS) images --config $(CONFIG)
+
+# The main job: boot the pair, show it, tear it down.
+testbed: images
+	@$(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR) >/dev/null 2>&1 || true
+	$(HITLESS) up --config $(CONFIG) --run-dir $(RUN_DIR) || { $(HITLESS) down --run-dir $(RUN_DIR); exit 1; }
+	$(HITLESS) status --config $(CONFIG) --run-dir $(RUN_DIR)
+	$(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR)
+
+# Unit and snapshot tests (fast, no VMs), then the VM tests one at a time
+# (two guests per test already fill two cores under TCG).
+test: images
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p hitless --test '*' -- --test-threads=1
+
+unit-test:
+	$(CARGO) test --workspace --lib --bins
+
+bench: images
+	$(CARGO) build --release -p hitless --example bench
+	target/release/examples/bench --config $(CONFIG)
+
+down:
+	-$(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR)
+
+clean: down
+	rm -rf .cache target

@@ -1,0 +1,69 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+const GOOD: &str = r#"
+name: pair
+processors:
+  - name: p121
+    mac: "52:54:00:00:01:21"
+  - name: p122
+    mac: "52:54:00:00:01:22"
+    memory_mib: 512
+initial_version: 1.0.0
+versions:
+  1.0.0: { cargo_features: [] }
+  2.0.0: { cargo_features: [v2] }
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/hitless/pair.yaml"), text)
+}
+
+#[test]
+fn defaults_and_derived_values() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.accelerator, AccelChoice::Auto);
+    assert_eq!(c.vsock, VsockMode::Auto);
+    assert_eq!(c.processors[0].memory_mib, 256);
+    assert_eq!(c.processors[1].memory_mib, 512);
+    assert_eq!((c.processors[0].cid, c.processors[1].cid), (3, 4));
+    assert_eq!(c.processors[0].link_local(), "fe80::5054:ff:fe00:121");
+    assert_eq!(c.evaluation_ms, 1500);
+    assert_eq!(c.versions["2.0.0"], Version::Build { features: vec!["v2".into()], test_only: false });
+    // Relative paths resolve against the config file.
+    assert_eq!(c.cache_dir, PathBuf::from("/etc/.cache/images"));
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-configs/pair.yaml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.processors.len(), 2);
+    assert!(c.versions.contains_key("2.0.0-bad-eval"));
+}
+
+#[test]
+fn every_semantic_problem_is_reported_at_once_with_its_line() {
+    let bad = r#"
+name: Pair!
+processors:
+  - name: p121
+    mac: "52:54:00:00:01:21"
+    vcpus: 0
+  - name: p121
+    mac: "53:54:00:00:01:21"
+initial_version: 3.0.0
+versions:
+  1.0.0: { cargo_features: [] }
+  2.0.0: { agent: /nonexistent/agent }
+"#;
+    let e = parse(bad).unwrap_err().to_string();
+    insta::assert_snapshot!(e);
+}
+
+#[test]
+fn parse_errors_name_line_and_column() {
+    insta::assert_snapshot!("unknown_key", parse(&GOOD.replace("    memory_mib: 512", "    memory: 512")).unwrap_err().to_string());
+    insta::assert_snapshot!("bad_enum", parse(&GOOD.replace("name: pair", "name: pair\naccelerator: hvf")).unwrap_err().to_string());
+    insta::assert_snapshot!("one_processor", parse(&GOOD.replace("  - name: p122\n    mac: \"52:54:00:00:01:22\"\n    memory_mib: 512\n", "")).unwrap_err().to_string());
+}

@@ -1,0 +1,106 @@
+//! Checking the design's invariants against what happened: the workload's
+//! history against the final database (no acknowledged work unit lost or
+//! applied twice), the role events (never two actives), and the final state
+//! (both in service, one version).
+
+use crate::events::{Entry, Event};
+use crate::workload::History;
+use hitless_protocol::WorkUnit;
+use std::collections::{BTreeMap, HashMap};
+
+/// One invariant's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    /// Invariant name.
+    pub name: &'static str,
+    /// Held?
+    pub ok: bool,
+    /// Evidence.
+    pub detail: String,
+}
+
+/// Invariant 2: every acked request applied exactly once in the final database.
+pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
+    let mut applied: HashMap<&str, usize> = HashMap::new();
+    for u in units {
+        for op in &u.ops {
+            *applied.entry(op.as_str()).or_default() += 1;
+        }
+    }
+    let acked = history.acked();
+    let lost: Vec<&String> = acked.keys().filter(|id| !applied.contains_key(id.as_str())).collect();
+    let twice: Vec<&str> = applied.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+    let ok = lost.is_empty() && twice.is_empty();
+    let detail = if ok {
+        format!("{} acked work requests, all applied exactly once", acked.len())
+    } else {
+        format!("{} acked; lost: {:?}; applied twice: {:?}", acked.len(), lost.iter().take(10).collect::<Vec<_>>(), twice.iter().take(10).collect::<Vec<_>>())
+    };
+    Verdict { name: "no-acked-work-lost-or-applied-twice", ok, detail }
+}
+
+/// Invariant 1: replaying the role events, never more than one active.
+pub fn never_two_actives(entries: &[Entry]) -> Verdict {
+    let mut roles: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_epoch = 0;
+    let mut violations = Vec::new();
+    for e in entries {
+        match &e.event {
+            Event::Role { processor, role, epoch } => {
+                if *epoch <= last_epoch {
+                    violations.push(format!("epoch {epoch} not above {last_epoch}"));
+                }
+                last_epoch = *epoch;
+                roles.insert(processor.clone(), role.clone());
+            }
+            Event::ProcessorStopped { processor, .. } => {
+                roles.insert(processor.clone(), "down".into());
+            }
+            _ => continue,
+        }
+        let actives: Vec<&String> = roles.iter().filter(|(_, r)| *r == "active").map(|(p, _)| p).collect();
+        if actives.len() > 1 {
+            violations.push(format!("two actives at {} ms: {actives:?}", e.at_ms));
+        }
+    }
+    let ok = violations.is_empty();
+    let detail = if ok { format!("at most one active throughout; epochs increase (last {last_epoch})") } else { violations.join("; ") };
+    Verdict { name: "never-two-actives", ok, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Record;
+    use hitless_protocol::UnitState;
+
+    fn unit(id: &str, ops: &[&str]) -> WorkUnit {
+        WorkUnit { id: id.into(), state: UnitState::Open, fields: Default::default(), priority: None, ops: ops.iter().map(|s| s.to_string()).collect() }
+    }
+    fn ack(id: &str) -> Record {
+        Record { t_ms: 0, kind: "ack".into(), id: id.into(), processor: "p".into(), seq: Some(1), registered: Some(true), detail: None }
+    }
+
+    #[test]
+    fn lost_and_double_applies_are_caught() {
+        let h = History { records: vec![ack("w0"), ack("w1"), ack("w2")] };
+        assert!(no_lost_or_double(&h, &[unit("u0", &["w0", "w1", "w2"])]).ok);
+        let v = no_lost_or_double(&h, &[unit("u0", &["w0", "w1"])]);
+        assert!(!v.ok && v.detail.contains("w2"), "{}", v.detail);
+        let v = no_lost_or_double(&h, &[unit("u0", &["w0", "w1", "w2", "w1"])]);
+        assert!(!v.ok && v.detail.contains("twice"), "{}", v.detail);
+        // Applied but never acked (the client gave up) is allowed.
+        assert!(no_lost_or_double(&h, &[unit("u0", &["w0", "w1", "w2", "w3"])]).ok);
+    }
+
+    #[test]
+    fn two_actives_are_caught() {
+        let role = |t, p: &str, r: &str, e| Entry { at_ms: t, event: Event::Role { processor: p.into(), role: r.into(), epoch: e } };
+        let good = [role(0, "a", "active", 1), role(1, "b", "standby", 2), role(2, "a", "standby", 3), role(3, "b", "active", 4)];
+        assert!(never_two_actives(&good).ok);
+        let bad = [role(0, "a", "active", 1), role(1, "b", "active", 2)];
+        assert!(!never_two_actives(&bad).ok);
+        let stale = [role(0, "a", "active", 2), role(1, "b", "standby", 1)];
+        assert!(!never_two_actives(&stale).ok);
+    }
+}
