@@ -20,12 +20,17 @@ build:
 images: setup build
 	$(HITLESS) images --config $(CONFIG)
 
-# The main job: boot the pair, show it, tear it down.
+TO ?= 2.0.0
+
+# The main job: boot the pair, run the rolling upgrade to $(TO) under a live
+# workload, show the result, tear down (also when the upgrade fails).
 testbed: images
 	@$(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR) >/dev/null 2>&1 || true
 	$(HITLESS) up --config $(CONFIG) --run-dir $(RUN_DIR) || { $(HITLESS) down --run-dir $(RUN_DIR); exit 1; }
-	$(HITLESS) status --config $(CONFIG) --run-dir $(RUN_DIR)
-	$(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR)
+	$(HITLESS) upgrade --to $(TO) --config $(CONFIG) --run-dir $(RUN_DIR); rc=$$?; \
+	  $(HITLESS) status --config $(CONFIG) --run-dir $(RUN_DIR); \
+	  cp $(RUN_DIR)/transcript.yaml .cache/last-transcript.yaml 2>/dev/null; \
+	  $(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR); exit $$rc
 
 # Unit and snapshot tests (fast, no VMs), then the VM tests one at a time
 # (two guests per test already fill two cores under TCG).

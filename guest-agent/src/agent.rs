@@ -237,7 +237,9 @@ impl Agent {
                     }
                 }
                 Role::Standby | Role::OutOfService => {
-                    c.synced = false;
+                    // A demoted active holds the authoritative state: it stays current
+                    // (so a fallback can make it active again) until a new active steps it up.
+                    c.synced = from == Role::Active && to == Role::Standby;
                     c.standby_generation = 0;
                 }
             }
@@ -427,6 +429,7 @@ impl Agent {
                 if c.role != Role::Standby {
                     return LinkAction::None;
                 }
+                Self::detach_standby(&mut c);
                 c.db = Database::from_units(units, seq);
                 c.seq = seq;
                 c.standby_generation = generation;
@@ -461,7 +464,8 @@ impl Agent {
                 LinkAction::Registered(generation, seq)
             }
             LinkMsg::Registered { generation, seq } => {
-                if c.role == Role::Active && c.standby_attached && generation == c.generation {
+                // Also after a demotion: the old active is still flushing its last updates.
+                if c.standby_attached && generation == c.generation {
                     c.registered = Some(c.registered.map_or(seq, |r| r.max(seq)));
                     Self::release(&mut c, Some(seq), true);
                     self.changed.notify_waiters();
@@ -541,8 +545,8 @@ impl Agent {
         check(true, format!("served {served} work requests during the window"), String::new());
         match &after.peer {
             Some(p) if p.connected && p.hello.role == Role::Standby => check(
-                after.replication.lag == 0 && !after.replication.simplex,
-                format!("replication to standby {} current (seq {})", p.hello.name, after.replication.seq),
+                after.replication.lag <= hitless_protocol::CURRENT_LAG && after.replication.registered.is_some() && !after.replication.simplex,
+                format!("replication to standby {} current", p.hello.name),
                 format!("replication to standby {} lags by {} updates", p.hello.name, after.replication.lag),
             ),
             _ => check(true, "no standby attached (simplex)".into(), String::new()),
@@ -551,7 +555,8 @@ impl Agent {
             check(false, String::new(), "self-test failed: this build (test image 2.0.0-bad-eval) is deliberately flawed".into());
         }
         let ok = checks.iter().all(|(g, _)| *g);
+        let failed = checks.iter().filter(|(g, _)| !g).map(|(_, r)| r.clone()).collect();
         let reasons = checks.into_iter().map(|(_, r)| r).collect();
-        Evaluation { acceptable: ok, reasons }
+        Evaluation { acceptable: ok, reasons, failed }
     }
 }

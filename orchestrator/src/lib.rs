@@ -13,15 +13,25 @@
 //! | [`rundir`] | the run directory: sockets, logs, state, journal |
 //! | [`testbed`] | up, attach, reload, status, down |
 //! | [`events`] | the one event stream behind terminal and transcript |
+//! | [`procedure`] | Fig. 6 as a state machine: the transition table |
+//! | [`upgrade`] | executing the procedure on the pair, journal, fallback, rollback |
+//! | [`workload`] | the client that submits work units during the upgrade |
+//! | [`history`] | invariant checks on the history and the final state |
+//! | [`transcript`] | the YAML record of a run |
 #![warn(missing_docs)]
 
 pub mod accel;
 pub mod channel;
 pub mod config;
 pub mod events;
+pub mod history;
 pub mod images;
+pub mod procedure;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod rundir;
 pub mod testbed;
+pub mod transcript;
+pub mod upgrade;
+pub mod workload;

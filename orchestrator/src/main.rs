@@ -14,6 +14,10 @@ use std::process::ExitCode;
 mod exit {
     /// A command failed (bad input, a step failed).
     pub const FAILED: u8 = 1;
+    /// The upgrade was not acceptable and was rolled back (the pair is consistent, on the old version).
+    pub const ROLLED_BACK: u8 = 2;
+    /// An invariant was violated (lost work, two actives, inconsistent end): a real regression.
+    pub const INVARIANT: u8 = 4;
     /// The environment is broken: QEMU missing, no image, run directory in use.
     pub const ENVIRONMENT: u8 = 3;
     /// Interrupted by Ctrl-C (everything started was stopped).
@@ -56,6 +60,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Upgrade the running pair to another version by the rolling procedure (steps 200-207).
+    ///
+    /// A workload submits work units during the whole upgrade; at the end the
+    /// invariants are checked. Exit 0: completed; 2: not acceptable, rolled back;
+    /// 4: an invariant was violated; 1: a step failed; 3: environment.
+    Upgrade {
+        /// Target version (a key of `versions:` in the config).
+        #[arg(long, required_unless_present = "resume")]
+        to: Option<String>,
+        /// Print the plan (steps, processors, images) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Continue an interrupted upgrade from the run directory's journal.
+        #[arg(long, conflicts_with = "dry_run")]
+        resume: bool,
+        /// Do not run the built-in workload.
+        #[arg(long)]
+        no_workload: bool,
+    },
+    /// Roll an unfinished upgrade back to the old version (refused after step 207).
+    Rollback,
     /// Stop everything the testbed runs and remove its run directory. Idempotent.
     Down,
 }
@@ -68,7 +93,39 @@ fn run_dir(cli: &Cli) -> anyhow::Result<RunDir> {
     Ok(RunDir::default_for(&cfg.name))
 }
 
+/// Why a run ended unsuccessfully although nothing broke (carries its exit code).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct RunEnd {
+    message: String,
+    code: u8,
+}
+
+fn finish_report(tb: &Testbed, r: &hitless::upgrade::Report) -> anyhow::Result<()> {
+    println!("\nsummary ({}):", r.end);
+    for (step, gap) in &r.gaps {
+        println!("  service gap at step {step}: {gap} ms");
+    }
+    for v in &r.invariants {
+        println!("  {} {}: {}", if v.ok { "ok  " } else { "FAIL" }, v.name, v.detail);
+    }
+    println!("  transcript: {}", tb.run.transcript().display());
+    let code = if !r.invariants_ok() && r.end != "failed" {
+        exit::INVARIANT
+    } else {
+        match r.end.as_str() {
+            "completed" => return Ok(()),
+            "rolled-back" => exit::ROLLED_BACK,
+            _ => exit::FAILED,
+        }
+    };
+    Err(RunEnd { message: r.message.clone(), code }.into())
+}
+
 fn code_of(e: &anyhow::Error) -> u8 {
+    if let Some(r) = e.downcast_ref::<RunEnd>() {
+        return r.code;
+    }
     match e.downcast_ref::<TestbedError>() {
         Some(TestbedError::Environment(_) | TestbedError::AlreadyUp(_) | TestbedError::NotUp(_) | TestbedError::Image(_)) => {
             exit::ENVIRONMENT
@@ -156,6 +213,26 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             let tb = Testbed::attach(run_dir(&cli)?, events)?;
             print_status(&tb, *json).await;
             Ok(())
+        }
+        Cmd::Upgrade { to, dry_run, resume, no_workload } => {
+            let mut tb = Testbed::attach(run_dir(&cli)?, events)?;
+            if *dry_run {
+                let to = to.clone().unwrap_or_default();
+                let p = hitless::upgrade::plan(&tb, &to).await?;
+                println!("plan: upgrade {} -> {} ({} active first, {} upgraded first); nothing will change", p.from, p.to, p.first, p.second);
+                for line in hitless::upgrade::describe_plan(&tb, &p) {
+                    println!("  {line}");
+                }
+                return Ok(());
+            }
+            let opts = hitless::upgrade::Options { resume: *resume, workload: !no_workload };
+            let report = hitless::upgrade::upgrade(&mut tb, to.as_deref().unwrap_or_default(), opts).await?;
+            finish_report(&tb, &report)
+        }
+        Cmd::Rollback => {
+            let mut tb = Testbed::attach(run_dir(&cli)?, events)?;
+            let report = hitless::upgrade::rollback(&mut tb).await?;
+            finish_report(&tb, &report)
         }
         Cmd::Down => {
             let run = run_dir(&cli)?;

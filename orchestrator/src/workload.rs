@@ -7,7 +7,7 @@ use crate::channel::Channel;
 use hitless_protocol::{from_line, to_line, Operation, WorkReply, WorkRequest, WORK_PORT};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -98,6 +98,7 @@ fn op(n: u64) -> WorkRequest {
 /// A running workload; stop it to get its history.
 pub struct Workload {
     stop: Arc<AtomicBool>,
+    rejected: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<History>,
     start: Instant,
 }
@@ -106,9 +107,15 @@ impl Workload {
     /// Start submitting to the pair `(name, channel)`, beginning with `first`.
     pub fn start(targets: Vec<(String, Channel)>, first: String) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
+        let rejected = Arc::new(AtomicUsize::new(0));
         let start = Instant::now();
-        let task = tokio::spawn(run(targets, first, stop.clone(), start));
-        Workload { stop, task, start }
+        let task = tokio::spawn(run(targets, first, stop.clone(), rejected.clone(), start));
+        Workload { stop, rejected, task, start }
+    }
+
+    /// Requests rejected so far (workload errors), readable while it runs.
+    pub fn rejected(&self) -> usize {
+        self.rejected.load(Ordering::Relaxed)
     }
 
     /// Milliseconds since the workload started (to line up events with the history).
@@ -123,7 +130,7 @@ impl Workload {
     }
 }
 
-async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBool>, start: Instant) -> History {
+async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBool>, rejected: Arc<AtomicUsize>, start: Instant) -> History {
     let mut h = History::default();
     let t = |start: Instant| start.elapsed().as_millis() as u64;
     let mut target = targets.iter().position(|(n, _)| *n == first).unwrap_or(0);
@@ -188,6 +195,7 @@ async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBoo
                 }
                 WorkReply::Rejected { id, reason } => {
                     inflight.remove(pos);
+                    rejected.fetch_add(1, Ordering::Relaxed);
                     h.records.push(Record { t_ms: t(start), kind: "rejected".into(), id, processor: name.clone(), seq: None, registered: None, detail: Some(reason) });
                 }
                 WorkReply::NotActive { id, active, .. } => {

@@ -46,6 +46,8 @@ pub const LINK_PORT: u16 = 7100;
 pub const HEARTBEAT_MS: u64 = 250;
 /// A link silent for this long is considered down.
 pub const LINK_TIMEOUT_MS: u64 = 2000;
+/// Updates a standby may have in flight and still count as current (synchronous replication under load).
+pub const CURRENT_LAG: u64 = 128;
 /// Longest accepted line, so a corrupt peer cannot exhaust memory.
 pub const MAX_LINE: usize = 64 * 1024 * 1024;
 
@@ -374,8 +376,11 @@ pub struct Status {
 pub struct Evaluation {
     /// True when the version is acceptable.
     pub acceptable: bool,
-    /// What was checked and what failed.
+    /// What was checked, passed or not.
     pub reasons: Vec<String>,
+    /// The checks that failed (empty when acceptable).
+    #[serde(default)]
+    pub failed: Vec<String>,
 }
 
 /// The agent's answer on the control port.

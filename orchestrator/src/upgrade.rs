@@ -1,0 +1,536 @@
+//! Runs the procedure of [`crate::procedure`] on a live [`Testbed`] while a
+//! workload runs: each step is executed here, journalled before and after,
+//! and reported on the event stream; at the end the invariants are checked
+//! and the transcript is written.
+
+use crate::events::Event;
+use crate::history;
+use crate::images;
+use crate::procedure::{next, Outcome, Step};
+use crate::rundir::write_atomic;
+use crate::testbed::{Testbed, TestbedError};
+use crate::workload::{History, Workload};
+use hitless_protocol::{ControlReply, ControlRequest, FeatureSet, Role};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Who plays which part: `first` is active at step 200 (the patent's P121).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Old version.
+    pub from: String,
+    /// New version.
+    pub to: String,
+    /// Active at step 200, upgraded second.
+    pub first: String,
+    /// Standby at step 200, upgraded and evaluated first.
+    pub second: String,
+    /// Evaluation window (ms).
+    pub evaluation_ms: u64,
+}
+
+/// The journal: where the upgrade is, written before and after each step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The plan.
+    pub plan: Plan,
+    /// Step number.
+    pub step: String,
+    /// begin | done
+    pub phase: String,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The end state.
+    pub end: String,
+    /// One-line summary.
+    pub message: String,
+    /// Invariant verdicts.
+    pub invariants: Vec<history::Verdict>,
+    /// Service gap per switchover (step, ms).
+    pub gaps: Vec<(String, u64)>,
+}
+
+impl Report {
+    /// True when every invariant held.
+    pub fn invariants_ok(&self) -> bool {
+        self.invariants.iter().all(|v| v.ok)
+    }
+}
+
+/// What an upgrade run may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Continue from the journal.
+    pub resume: bool,
+    /// Run the built-in workload during the upgrade.
+    pub workload: bool,
+}
+
+struct Run<'a> {
+    tb: &'a mut Testbed,
+    plan: Plan,
+    workload: Option<Workload>,
+    /// Switchover windows (step, from ms, to ms) on the workload's clock.
+    switches: Vec<(String, u64, u64)>,
+    /// Why the last step failed or was not acceptable.
+    why: Option<String>,
+}
+
+fn journal_path(tb: &Testbed) -> std::path::PathBuf {
+    tb.run.journal()
+}
+
+/// Read the journal of the testbed, if an upgrade ran.
+pub fn read_journal(tb: &Testbed) -> Option<Journal> {
+    serde_json::from_slice(&std::fs::read(journal_path(tb)).ok()?).ok()
+}
+
+/// The plan for upgrading the running pair to `to`, checked against the config.
+pub async fn plan(tb: &Testbed, to: &str) -> Result<Plan, TestbedError> {
+    if !tb.cfg.versions.contains_key(to) {
+        return Err(TestbedError::Environment(format!(
+            "version {to} is not in {} (known: {})",
+            tb.cfg.file.display(),
+            tb.cfg.versions.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let names = tb.names();
+    let mut first = names[0].clone();
+    for n in &names {
+        if let Ok(s) = tb.agent_status(n).await {
+            if s.hello.role == Role::Active {
+                first = n.clone();
+            }
+        }
+    }
+    let second = tb.peer_of(&first);
+    Ok(Plan { from: tb.version_of(&first), to: to.to_string(), second, first, evaluation_ms: tb.cfg.evaluation_ms })
+}
+
+/// The steps the happy path takes, as lines for `--dry-run`.
+pub fn describe_plan(tb: &Testbed, p: &Plan) -> Vec<String> {
+    let img = |v: &str| images::app_image(&tb.cfg, v).map(|a| a.path.display().to_string()).unwrap_or_else(|e| format!("(cannot build: {e})"));
+    vec![
+        format!("200 check: {} active and {} standby on {}, replication current", p.first, p.second, p.from),
+        format!("201 take {} out of service ({} runs simplex)", p.second, p.first),
+        format!("202 reload {} with {} from {} (QMP quit, fresh QEMU on a new overlay)", p.second, p.to, img(&p.to)),
+        format!("203 make {} standby for {} (step-up, then updates)", p.second, p.first),
+        format!("204 switch over: {} active on {}, {} standby; evaluate for {} ms", p.second, p.to, p.first, p.evaluation_ms),
+        format!("    if not acceptable: {} active again, {} reloaded with {} from {}", p.first, p.second, p.from, img(&p.from)),
+        format!("205 take {} out of service and reload it with {}", p.first, p.to),
+        format!("206 make {} standby for {}", p.first, p.second),
+        format!("207 enable the new features of {} on both (point of no return)", p.to),
+    ]
+}
+
+/// Run the upgrade (or resume it from the journal). Ends in a report whatever the outcome;
+/// an `Err` means the run could not even start.
+pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report, TestbedError> {
+    let (plan, mut step) = if opts.resume {
+        let j = read_journal(tb).ok_or_else(|| TestbedError::Environment(format!("no upgrade journal in {}", tb.run.root.display())))?;
+        let at = Step::from_number(&j.step).ok_or_else(|| TestbedError::Environment(format!("journal names unknown step {}", j.step)))?;
+        let resume_at = match (j.phase.as_str(), at) {
+            (_, s) if s.is_end() => return Err(TestbedError::Environment(format!("the journalled upgrade already ended ({})", j.step))),
+            ("done", s) => next(s, Outcome::Done).unwrap_or(Step::Failed),
+            // An evaluation cut short cannot be trusted: fall back.
+            (_, Step::SwitchOverAndEvaluate) => Step::Fallback,
+            // Every other step is safe to run again from its start.
+            (_, s) => s,
+        };
+        tb.events.progress(format!("resuming from the journal at step {} ({})", resume_at.number(), j.phase));
+        (j.plan, resume_at)
+    } else {
+        if let Some(j) = read_journal(tb) {
+            if !Step::from_number(&j.step).is_some_and(Step::is_end) {
+                return Err(TestbedError::Environment(format!(
+                    "an upgrade was interrupted at step {} ({}); use `hitless upgrade --resume` or `hitless rollback`",
+                    j.step, j.phase
+                )));
+            }
+        }
+        (plan(tb, to).await?, Step::Initial)
+    };
+    // Both images first: a missing or broken image must fail before anything changes.
+    images::app_image(&tb.cfg, &plan.to)?;
+    images::app_image(&tb.cfg, &plan.from)?;
+    let targets = tb.names().into_iter().map(|n| (n.clone(), tb.channel(&n))).collect();
+    let workload = if opts.workload { Some(Workload::start(targets, plan.first.clone())) } else { None };
+    let mut run = Run { tb, plan, workload, switches: Vec::new(), why: None };
+    while !step.is_end() {
+        step = run.step(step).await;
+    }
+    Ok(run.finish(step).await)
+}
+
+/// Roll back to the old version from any step before 207.
+pub async fn rollback(tb: &mut Testbed) -> Result<Report, TestbedError> {
+    let j = read_journal(tb).ok_or_else(|| TestbedError::Environment("no upgrade to roll back (no journal)".into()))?;
+    let at = Step::from_number(&j.step).unwrap_or(Step::Failed);
+    let enabled = enabled_features(tb).await;
+    if !at.rollback_allowed() || (at == Step::Failed && !enabled.is_empty()) || !enabled.is_empty() {
+        return Err(TestbedError::Environment(format!(
+            "rollback refused: the new features of {} were enabled at step 207 ({}) — that is the point of no return; \
+             the pair stays on {}",
+            j.plan.to,
+            enabled.iter().cloned().collect::<Vec<_>>().join(", "),
+            j.plan.to
+        )));
+    }
+    let targets = tb.names().into_iter().map(|n| (n.clone(), tb.channel(&n))).collect();
+    let workload = Some(Workload::start(targets, j.plan.first.clone()));
+    let mut run = Run { tb, plan: j.plan, workload, switches: Vec::new(), why: Some("rollback requested".into()) };
+    let mut step = Step::Fallback;
+    while !step.is_end() {
+        step = run.step(step).await;
+    }
+    Ok(run.finish(step).await)
+}
+
+async fn enabled_features(tb: &Testbed) -> FeatureSet {
+    let mut f = FeatureSet::new();
+    for n in tb.names() {
+        if let Ok(s) = tb.agent_status(&n).await {
+            f.extend(s.hello.enabled);
+        }
+    }
+    f
+}
+
+impl Run<'_> {
+    fn journal(&self, step: Step, phase: &str) {
+        let j = Journal { plan: self.plan.clone(), step: step.number().into(), phase: phase.into() };
+        if let Ok(data) = serde_json::to_vec_pretty(&j) {
+            // A journal that cannot be written only weakens --resume; the run goes on.
+            let _ = write_atomic(&journal_path(self.tb), &data);
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.workload.as_ref().map_or(0, Workload::now_ms)
+    }
+
+    /// Execute one step and return the next.
+    async fn step(&mut self, step: Step) -> Step {
+        self.journal(step, "begin");
+        self.tb.events.emit(Event::StepBegin { step: step.number().into(), name: step.describe().into() });
+        let t = Instant::now();
+        let outcome = match self.execute(step).await {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = format!("step {} failed: {e:#}", step.number());
+                self.tb.events.progress(msg.clone());
+                self.why = Some(msg);
+                Outcome::Error
+            }
+        };
+        let pair = self.tb.pair_view().await;
+        self.tb.events.emit(Event::StepDone { step: step.number().into(), pair, took_ms: t.elapsed().as_millis() as u64 });
+        let to = next(step, outcome).unwrap_or(Step::Failed);
+        self.journal(step, "done");
+        if to.is_end() {
+            self.journal(to, "done");
+        }
+        to
+    }
+
+    async fn execute(&mut self, step: Step) -> Result<Outcome, TestbedError> {
+        let (first, second) = (self.plan.first.clone(), self.plan.second.clone());
+        let (from, to) = (self.plan.from.clone(), self.plan.to.clone());
+        match step {
+            Step::Initial => {
+                let a = self.tb.agent_status(&first).await?;
+                let s = self.tb.agent_status(&second).await?;
+                let fail = |m: String| Err(TestbedError::Agent { processor: first.clone(), message: m });
+                if a.hello.role != Role::Active || s.hello.role != Role::Standby {
+                    return fail(format!("expected {first} active and {second} standby, found {} and {}", a.hello.role, s.hello.role));
+                }
+                if self.tb.version_of(&first) != self.tb.version_of(&second) {
+                    return fail("the processors run different versions; finish or roll back first".into());
+                }
+                if from == to {
+                    return fail(format!("both processors already run {to}"));
+                }
+                if !s.replication.synced || a.replication.simplex {
+                    return fail(format!("replication from {first} to {second} is not current"));
+                }
+                Ok(Outcome::Done)
+            }
+            Step::IsolateStandby => {
+                self.tb.set_role(&second, Role::OutOfService).await?;
+                Ok(Outcome::Done)
+            }
+            Step::ReloadStandby => {
+                self.tb.reload(&second, &to).await?;
+                self.expect_no_features(&second).await?;
+                Ok(Outcome::Done)
+            }
+            Step::StandbyOnNew => {
+                self.tb.set_role(&second, Role::Standby).await?;
+                self.tb.wait_standby_current(&second).await?;
+                Ok(Outcome::Done)
+            }
+            Step::SwitchOverAndEvaluate => {
+                self.switch_over(&first, &second, "204").await?;
+                Ok(self.evaluate(&second, &first).await)
+            }
+            Step::Fallback => self.fallback(&from).await.map(|_| Outcome::Done),
+            Step::ReloadOther => {
+                self.tb.set_role(&first, Role::OutOfService).await?;
+                self.tb.reload(&first, &to).await?;
+                self.expect_no_features(&first).await?;
+                Ok(Outcome::Done)
+            }
+            Step::OtherStandby => {
+                self.tb.set_role(&first, Role::Standby).await?;
+                self.tb.wait_standby_current(&first).await?;
+                Ok(Outcome::Done)
+            }
+            Step::EnableFeatures => {
+                let new = self.new_features();
+                for f in &new {
+                    for n in [&second, &first] {
+                        self.tb.control(n, ControlRequest::EnableFeature { feature: f.clone() }).await?;
+                        self.tb.events.emit(Event::Feature { processor: n.clone(), feature: f.clone(), result: "enabled".into() });
+                    }
+                }
+                if new.is_empty() {
+                    self.tb.events.progress(format!("{to} brings no new features to enable"));
+                }
+                Ok(Outcome::Done)
+            }
+            Step::Completed | Step::RolledBack | Step::Failed => Ok(Outcome::Done),
+        }
+    }
+
+    /// Features `to` supports that `from` does not.
+    fn new_features(&self) -> Vec<String> {
+        let feats = |v: &str| -> FeatureSet {
+            images::app_image(&self.tb.cfg, v)
+                .ok()
+                .and_then(|a| serde_json::from_value(a.manifest.get("features").cloned().unwrap_or_default()).ok())
+                .unwrap_or_default()
+        };
+        feats(&self.plan.to).difference(&feats(&self.plan.from)).cloned().collect()
+    }
+
+    async fn expect_no_features(&self, name: &str) -> Result<(), TestbedError> {
+        let s = self.tb.agent_status(name).await?;
+        if s.hello.enabled.is_empty() {
+            Ok(())
+        } else {
+            Err(TestbedError::Agent { processor: name.into(), message: format!("new features enabled after reload: {:?}", s.hello.enabled) })
+        }
+    }
+
+    /// Make `new` active in place of `old` (old becomes standby), recording the switchover window.
+    async fn switch_over(&mut self, old: &str, new: &str, label: &str) -> Result<(), TestbedError> {
+        let t0 = self.now();
+        if self.tb.qemu_alive(old).is_some() {
+            self.tb.set_role(old, Role::Standby).await?;
+        }
+        self.tb.set_role(new, Role::Active).await?;
+        let t1 = self.now();
+        self.switches.push((label.to_string(), t0, t1));
+        if self.tb.qemu_alive(old).is_some() {
+            self.tb.wait_standby_current(old).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 204's verdict: the agent's evaluation plus the orchestrator's own checks.
+    async fn evaluate(&mut self, new: &str, old: &str) -> Outcome {
+        let window = self.plan.evaluation_ms;
+        let rejected_before = self.workload.as_ref().map_or(0, Workload::rejected);
+        let agent = self.tb.control(new, ControlRequest::Evaluate { window_ms: window }).await;
+        let mut reasons = Vec::new();
+        let mut failed = Vec::new();
+        match agent {
+            Ok(ControlReply::Evaluation(e)) => {
+                reasons.extend(e.reasons);
+                failed.extend(e.failed);
+            }
+            Ok(other) => failed.push(format!("unexpected answer {other:?}")),
+            Err(e) => failed.push(format!("evaluation request failed: {e}")),
+        }
+        if self.tb.qemu_alive(new).is_none() {
+            failed.push(format!("{new}'s VM is no longer running (crashed)"));
+        }
+        if let Some(w) = &self.workload {
+            let rejected = w.rejected() - rejected_before;
+            let r = format!("workload: {rejected} rejected requests during the window");
+            if rejected > 0 {
+                failed.push(r);
+            } else {
+                reasons.push(r);
+            }
+        }
+        match self.tb.agent_status(old).await {
+            Ok(s) if s.replication.synced => reasons.push(format!("standby {old} registered and current")),
+            Ok(_) | Err(_) => failed.push(format!("standby {old} is not current")),
+        }
+        for f in &failed {
+            if !reasons.contains(f) {
+                reasons.push(f.clone());
+            }
+        }
+        let acceptable = failed.is_empty();
+        self.tb.events.emit(Event::Evaluation { processor: new.into(), acceptable, reasons });
+        if acceptable {
+            Outcome::Done
+        } else {
+            self.why = Some(failed.join("; "));
+            Outcome::NotAcceptable
+        }
+    }
+
+    /// Back to `from` on both, the old-version processor active: 204's fallback, and `hitless rollback`.
+    async fn fallback(&mut self, from: &str) -> Result<(), TestbedError> {
+        for _ in 0..3 {
+            let names = self.tb.names();
+            let mut active = None;
+            let mut on_from = None;
+            for n in &names {
+                let alive = self.tb.qemu_alive(n).is_some();
+                let st = if alive { self.tb.agent_status(n).await.ok() } else { None };
+                if st.as_ref().is_some_and(|s| s.hello.role == Role::Active) {
+                    active = Some(n.clone());
+                }
+                if alive && self.tb.version_of(n) == from && st.is_some() {
+                    on_from = Some((n.clone(), st));
+                }
+            }
+            let Some((o, ost)) = on_from else {
+                // Nobody runs the old version: reload the one that is not active, make it standby, go round again.
+                let x = names.iter().find(|n| Some(*n) != active.as_ref()).cloned().unwrap_or_default();
+                self.tb.set_role(&x, Role::OutOfService).await.ok();
+                self.tb.reload(&x, from).await?;
+                self.tb.set_role(&x, Role::Standby).await?;
+                self.tb.wait_standby_current(&x).await?;
+                continue;
+            };
+            let other = self.tb.peer_of(&o);
+            if active.as_deref() != Some(o.as_str()) {
+                if ost.is_some_and(|s| s.hello.role != Role::Standby) {
+                    self.tb.set_role(&o, Role::Standby).await?;
+                    self.tb.wait_standby_current(&o).await?;
+                }
+                self.switch_over(&other, &o, "204-fallback").await.or_else(|e| {
+                    // The other side may be dead (crashed): then o just takes over.
+                    if self.tb.qemu_alive(&other).is_none() { Ok(()) } else { Err(e) }
+                })?;
+            }
+            if self.tb.version_of(&other) != from || self.tb.qemu_alive(&other).is_none() {
+                self.tb.set_role(&other, Role::OutOfService).await.ok();
+                self.tb.reload(&other, from).await?;
+            }
+            let s = self.tb.agent_status(&other).await?;
+            if s.hello.role != Role::Standby || !s.replication.synced {
+                self.tb.set_role(&other, Role::Standby).await?;
+            }
+            self.tb.wait_standby_current(&other).await?;
+            return Ok(());
+        }
+        Err(TestbedError::Environment(format!("could not bring both processors back to {from}")))
+    }
+
+    async fn finish(mut self, end: Step) -> Report {
+        let history = match self.workload.take() {
+            Some(w) => w.stop().await,
+            None => History::default(),
+        };
+        let _ = history.write(&self.tb.run.history());
+        let mut invariants = Vec::new();
+        let mut gaps = Vec::new();
+        if !history.records.is_empty() {
+            for (label, from, to) in &self.switches {
+                let gap = history.gap_around(*from, *to);
+                self.tb.events.emit(Event::ServiceGap { step: label.clone(), gap_ms: gap });
+                gaps.push((label.clone(), gap));
+            }
+            let active = self.active().await;
+            let units = match &active {
+                Some(a) => match self.tb.control(a, ControlRequest::Dump).await {
+                    Ok(ControlReply::Dump { units, .. }) => units,
+                    _ => Vec::new(),
+                },
+                None => Vec::new(),
+            };
+            invariants.push(history::no_lost_or_double(&history, &units));
+            let rejected = history.rejected();
+            invariants.push(history::Verdict {
+                name: "workload-served",
+                ok: rejected == 0 && !history.acked().is_empty(),
+                detail: format!("{} acked, {rejected} rejected", history.acked().len()),
+            });
+        }
+        invariants.push(history::never_two_actives(&self.tb.events.entries()));
+        invariants.push(self.final_state(end).await);
+        for v in &invariants {
+            self.tb.events.emit(Event::Invariant { name: v.name.into(), ok: v.ok, detail: v.detail.clone() });
+        }
+        let (result, message) = match end {
+            Step::Completed => ("completed", format!("upgraded to {} on both processors; new features enabled", self.plan.to)),
+            Step::RolledBack => (
+                "rolled-back",
+                format!("upgrade rolled back at step 204: {}", self.why.clone().unwrap_or_else(|| "not acceptable".into())),
+            ),
+            _ => ("failed", self.why.clone().unwrap_or_else(|| "the procedure stopped".into())),
+        };
+        self.tb.events.emit(Event::Outcome { result: result.into(), message: message.clone() });
+        crate::transcript::write(self.tb, &self.plan);
+        Report { end: result.into(), message, invariants, gaps }
+    }
+
+    async fn active(&self) -> Option<String> {
+        for n in self.tb.names() {
+            if let Ok(s) = self.tb.agent_status(&n).await {
+                if s.hello.role == Role::Active {
+                    return Some(n);
+                }
+            }
+        }
+        None
+    }
+
+    /// Invariant 3: both in service, one active and one current standby, one version matching the outcome.
+    async fn final_state(&self, end: Step) -> history::Verdict {
+        let want = match end {
+            Step::Completed => Some(self.plan.to.clone()),
+            Step::RolledBack => Some(self.plan.from.clone()),
+            _ => None,
+        };
+        let mut roles = Vec::new();
+        let mut versions = Vec::new();
+        let mut synced = true;
+        for n in self.tb.names() {
+            match self.tb.agent_status(&n).await {
+                Ok(s) => {
+                    if s.hello.role == Role::Standby {
+                        synced &= s.replication.synced;
+                    }
+                    roles.push(s.hello.role);
+                    versions.push(self.tb.version_of(&n));
+                }
+                Err(_) => roles.push(Role::OutOfService),
+            }
+        }
+        roles.sort();
+        let in_service = roles == [Role::Standby, Role::Active] && synced;
+        let one_version = versions.len() == 2 && versions[0] == versions[1];
+        let ok = match &want {
+            Some(v) => in_service && one_version && versions[0] == *v,
+            // A failed run must stop with a clear error; the state is reported, not judged.
+            None => false,
+        };
+        let detail = format!(
+            "roles {:?}, versions {:?}{}",
+            roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            versions,
+            want.map(|v| format!(", expected both on {v}")).unwrap_or_else(|| ", run failed".into())
+        );
+        history::Verdict { name: "consistent-final-state", ok, detail }
+    }
+}
