@@ -330,6 +330,9 @@ impl Run<'_> {
         let t0 = self.now();
         if self.tb.qemu_alive(old).is_some() {
             self.tb.set_role(old, Role::Standby).await?;
+        } else {
+            // It died on its own (e.g. the new version crashed): that ends its role.
+            self.tb.events.emit(Event::ProcessorStopped { processor: old.into(), how: "crashed (VM exited)".into() });
         }
         self.tb.set_role(new, Role::Active).await?;
         let t1 = self.now();

@@ -1,0 +1,66 @@
+//! `make bench`: boot and upgrade figures of the testbed on this machine.
+//! Prints, over RUNS runs: time from `up` to both agents ready, per-guest
+//! boot-to-agent, the full happy-path upgrade wall time and the service gap
+//! per switchover (median and max), with the accelerator and target ratios.
+
+use hitless::config::Config;
+use hitless::events::{Event, Events};
+use hitless::rundir::RunDir;
+use hitless::testbed::{self, Testbed};
+use hitless::upgrade::{self, Options};
+use std::time::Instant;
+
+const RUNS: usize = 5;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg_path = std::env::args().skip_while(|a| a != "--config").nth(1).unwrap_or_else(|| "vm-configs/pair.yaml".into());
+    let (mut up, mut boot, mut upg, mut gaps) = (vec![], vec![], vec![], vec![]);
+    let mut accel = String::new();
+    let mut lost = 0;
+    for i in 0..RUNS {
+        let tmp = tempfile::tempdir()?;
+        let run = RunDir::new(tmp.path().join("run"));
+        let events = Events::new();
+        let t = Instant::now();
+        let result = async {
+            let mut tb = Testbed::up(Config::load(std::path::Path::new(&cfg_path))?, run.clone(), events.clone()).await?;
+            up.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let r = upgrade::upgrade(&mut tb, "2.0.0", Options { resume: false, workload: true }).await?;
+            upg.push(t.elapsed().as_secs_f64());
+            gaps.extend(r.gaps.iter().map(|g| g.1 as f64));
+            if !r.invariants_ok() {
+                lost += 1;
+            }
+            accel = tb.state.accel.to_string();
+            anyhow::Ok(())
+        }
+        .await;
+        for e in events.entries() {
+            if let Event::AgentReady { boot_ms, .. } = e.event {
+                boot.push(boot_ms as f64 / 1000.0);
+            }
+        }
+        testbed::down(&run, &Events::new());
+        result?;
+        eprintln!("run {}/{RUNS} done", i + 1);
+    }
+    let target_boot = if accel == "kvm" { 0.3 } else { 1.0 };
+    let mb = median(&mut boot);
+    let mu = median(&mut upg);
+    let mg = median(&mut gaps);
+    let maxg = gaps.iter().cloned().fold(0.0, f64::max);
+    println!("accelerator                 {accel}");
+    println!("up -> both agents ready     median {:.2} s", median(&mut up));
+    println!("boot -> agent ready (guest) median {mb:.2} s   target {target_boot:.1} s   ratio {:.1}x", mb / target_boot);
+    println!("full upgrade 1.0.0 -> 2.0.0 median {mu:.2} s   target 10 s    ratio {:.2}x", mu / 10.0);
+    println!("service gap per switchover  median {mg:.0} ms  max {maxg:.0} ms  target 50 ms  ratio {:.1}x", mg / 50.0);
+    println!("runs with an invariant violated: {lost} of {RUNS}");
+    Ok(())
+}
