@@ -252,6 +252,21 @@ impl Agent {
         Ok((c.role, c.epoch))
     }
 
+    /// Wait (bounded) until the peer has said hello on a live link; false on timeout.
+    pub async fn wait_peer(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if self.lock().peer.as_ref().is_some_and(|p| p.hello.is_some()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
     /// After a demotion from active: wait (bounded) until the standby registered everything in flight.
     pub async fn flush(&self) -> Result<(), String> {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
@@ -416,6 +431,7 @@ impl Agent {
                 if let Some(p) = c.peer.as_mut() {
                     p.hello = Some(h);
                 }
+                self.changed.notify_waiters();
                 if c.role == Role::Active {
                     if peer_role == Role::Standby {
                         self.maybe_step_up(&mut c);

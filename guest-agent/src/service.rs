@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
+/// How long a standby command waits for the peer's hello.
+const PEER_WAIT: Duration = Duration::from_secs(5);
+
 /// Accept connections on `listener` forever, serving each with `serve`.
 pub async fn serve_forever<F, Fut>(listener: Listener, agent: Arc<Agent>, serve: F)
 where
@@ -62,6 +65,11 @@ async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
         ControlRequest::Status => ControlReply::Status(Box::new(agent.status())),
         ControlRequest::SetRole { role, epoch } => {
             let was_active = agent.hello().role == Role::Active;
+            if role == Role::Standby {
+                // Whether this processor may pair depends on the peer's hello (versions,
+                // enabled features): after a reload it may still be on its way.
+                agent.wait_peer(PEER_WAIT).await;
+            }
             match agent.set_role(role, epoch) {
                 Err(e) => ControlReply::Error { message: e.to_string() },
                 Ok(_) if was_active && role != Role::Active => match agent.flush().await {
