@@ -36,8 +36,25 @@ pub struct Journal {
     pub plan: Plan,
     /// Step number.
     pub step: String,
-    /// begin | done
-    pub phase: String,
+    /// How the step ended; `None` while it runs (the journal says "begin").
+    pub outcome: Option<Outcome>,
+    /// The step whose failure or verdict led to the fallback, if one is under way.
+    #[serde(default)]
+    pub fallback_from: Option<String>,
+}
+
+/// Where to continue an upgrade whose journal says `j`.
+pub fn resume_step(j: &Journal) -> Result<Step, String> {
+    let at = Step::from_number(&j.step).ok_or_else(|| format!("journal names unknown step {}", j.step))?;
+    match (at, j.outcome) {
+        (s, _) if s.is_end() => Err(format!("the journalled upgrade already ended ({})", j.step)),
+        // The step finished: go where its outcome leads.
+        (s, Some(o)) => next(s, o).map_err(|e| e.to_string()),
+        // An evaluation cut short cannot be trusted: fall back.
+        (Step::SwitchOverAndEvaluate, None) => Ok(Step::Fallback),
+        // Every other step is safe to run again from its start.
+        (s, None) => Ok(s),
+    }
 }
 
 /// How the run ended.
@@ -77,15 +94,13 @@ struct Run<'a> {
     switches: Vec<(String, u64, u64)>,
     /// Why the last step failed or was not acceptable.
     why: Option<String>,
-}
-
-fn journal_path(tb: &Testbed) -> std::path::PathBuf {
-    tb.run.journal()
+    /// The step that led to the fallback (for the outcome message).
+    fallback_from: Option<String>,
 }
 
 /// Read the journal of the testbed, if an upgrade ran.
 pub fn read_journal(tb: &Testbed) -> Option<Journal> {
-    serde_json::from_slice(&std::fs::read(journal_path(tb)).ok()?).ok()
+    serde_json::from_slice(&std::fs::read(tb.run.journal()).ok()?).ok()
 }
 
 /// The plan for upgrading the running pair to `to`, checked against the config.
@@ -129,36 +144,29 @@ pub fn describe_plan(tb: &Testbed, p: &Plan) -> Vec<String> {
 /// Run the upgrade (or resume it from the journal). Ends in a report whatever the outcome;
 /// an `Err` means the run could not even start.
 pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report, TestbedError> {
-    let (plan, mut step) = if opts.resume {
+    let (plan, mut step, fallback_from) = if opts.resume {
         let j = read_journal(tb).ok_or_else(|| TestbedError::Environment(format!("no upgrade journal in {}", tb.run.root.display())))?;
-        let at = Step::from_number(&j.step).ok_or_else(|| TestbedError::Environment(format!("journal names unknown step {}", j.step)))?;
-        let resume_at = match (j.phase.as_str(), at) {
-            (_, s) if s.is_end() => return Err(TestbedError::Environment(format!("the journalled upgrade already ended ({})", j.step))),
-            ("done", s) => next(s, Outcome::Done).unwrap_or(Step::Failed),
-            // An evaluation cut short cannot be trusted: fall back.
-            (_, Step::SwitchOverAndEvaluate) => Step::Fallback,
-            // Every other step is safe to run again from its start.
-            (_, s) => s,
-        };
-        tb.events.progress(format!("resuming from the journal at step {} ({})", resume_at.number(), j.phase));
-        (j.plan, resume_at)
+        let resume_at = resume_step(&j).map_err(TestbedError::Environment)?;
+        let phase = if j.outcome.is_some() { "done" } else { "begun" };
+        tb.events.progress(format!("resuming from the journal: step {} {phase}, continuing at {}", j.step, resume_at.number()));
+        (j.plan, resume_at, j.fallback_from)
     } else {
         if let Some(j) = read_journal(tb) {
             if !Step::from_number(&j.step).is_some_and(Step::is_end) {
                 return Err(TestbedError::Environment(format!(
-                    "an upgrade was interrupted at step {} ({}); use `hitless upgrade --resume` or `hitless rollback`",
-                    j.step, j.phase
+                    "an upgrade was interrupted at step {}; use `hitless upgrade --resume` or `hitless rollback`",
+                    j.step
                 )));
             }
         }
-        (plan(tb, to).await?, Step::Initial)
+        (plan(tb, to).await?, Step::Initial, None)
     };
     // Both images first: a missing or broken image must fail before anything changes.
     images::app_image(&tb.cfg, &plan.to)?;
     images::app_image(&tb.cfg, &plan.from)?;
     let targets = tb.names().into_iter().map(|n| (n.clone(), tb.channel(&n))).collect();
     let workload = if opts.workload { Some(Workload::start(targets, plan.first.clone())) } else { None };
-    let mut run = Run { tb, plan, workload, switches: Vec::new(), why: None };
+    let mut run = Run { tb, plan, workload, switches: Vec::new(), why: None, fallback_from };
     while !step.is_end() {
         step = run.step(step).await;
     }
@@ -170,18 +178,21 @@ pub async fn rollback(tb: &mut Testbed) -> Result<Report, TestbedError> {
     let j = read_journal(tb).ok_or_else(|| TestbedError::Environment("no upgrade to roll back (no journal)".into()))?;
     let at = Step::from_number(&j.step).unwrap_or(Step::Failed);
     let enabled = enabled_features(tb).await;
-    if !at.rollback_allowed() || (at == Step::Failed && !enabled.is_empty()) || !enabled.is_empty() {
+    if !enabled.is_empty() || !at.rollback_allowed() {
+        let what = if enabled.is_empty() {
+            format!("the upgrade to {} passed step 207", j.plan.to)
+        } else {
+            format!("the new features of {} ({}) are enabled", j.plan.to, enabled.iter().cloned().collect::<Vec<_>>().join(", "))
+        };
         return Err(TestbedError::Environment(format!(
-            "rollback refused: the new features of {} were enabled at step 207 ({}) — that is the point of no return; \
-             the pair stays on {}",
-            j.plan.to,
-            enabled.iter().cloned().collect::<Vec<_>>().join(", "),
+            "rollback refused: {what}; step 207 is the point of no return, the pair stays on {}",
             j.plan.to
         )));
     }
     let targets = tb.names().into_iter().map(|n| (n.clone(), tb.channel(&n))).collect();
     let workload = Some(Workload::start(targets, j.plan.first.clone()));
-    let mut run = Run { tb, plan: j.plan, workload, switches: Vec::new(), why: Some("rollback requested".into()) };
+    let from = j.step.clone();
+    let mut run = Run { tb, plan: j.plan, workload, switches: Vec::new(), why: Some("rollback requested".into()), fallback_from: Some(from) };
     let mut step = Step::Fallback;
     while !step.is_end() {
         step = run.step(step).await;
@@ -200,11 +211,11 @@ async fn enabled_features(tb: &Testbed) -> FeatureSet {
 }
 
 impl Run<'_> {
-    fn journal(&self, step: Step, phase: &str) {
-        let j = Journal { plan: self.plan.clone(), step: step.number().into(), phase: phase.into() };
+    fn journal(&self, step: Step, outcome: Option<Outcome>) {
+        let j = Journal { plan: self.plan.clone(), step: step.number().into(), outcome, fallback_from: self.fallback_from.clone() };
         if let Ok(data) = serde_json::to_vec_pretty(&j) {
             // A journal that cannot be written only weakens --resume; the run goes on.
-            let _ = write_atomic(&journal_path(self.tb), &data);
+            let _ = write_atomic(&self.tb.run.journal(), &data);
         }
     }
 
@@ -214,7 +225,7 @@ impl Run<'_> {
 
     /// Execute one step and return the next.
     async fn step(&mut self, step: Step) -> Step {
-        self.journal(step, "begin");
+        self.journal(step, None);
         self.tb.events.emit(Event::StepBegin { step: step.number().into(), name: step.describe().into() });
         let t = Instant::now();
         let outcome = match self.execute(step).await {
@@ -229,9 +240,12 @@ impl Run<'_> {
         let pair = self.tb.pair_view().await;
         self.tb.events.emit(Event::StepDone { step: step.number().into(), pair, took_ms: t.elapsed().as_millis() as u64 });
         let to = next(step, outcome).unwrap_or(Step::Failed);
-        self.journal(step, "done");
+        if to == Step::Fallback {
+            self.fallback_from = Some(step.number().into());
+        }
+        self.journal(step, Some(outcome));
         if to.is_end() {
-            self.journal(to, "done");
+            self.journal(to, Some(Outcome::Done));
         }
         to
     }
@@ -478,7 +492,11 @@ impl Run<'_> {
             Step::Completed => ("completed", format!("upgraded to {} on both processors; new features enabled", self.plan.to)),
             Step::RolledBack => (
                 "rolled-back",
-                format!("upgrade rolled back at step 204: {}", self.why.clone().unwrap_or_else(|| "not acceptable".into())),
+                format!(
+                    "upgrade rolled back at step {}: {}",
+                    self.fallback_from.as_deref().unwrap_or("204"),
+                    self.why.clone().unwrap_or_else(|| "not acceptable".into())
+                ),
             ),
             _ => ("failed", self.why.clone().unwrap_or_else(|| "the procedure stopped".into())),
         };
@@ -535,5 +553,33 @@ impl Run<'_> {
             want.map(|v| format!(", expected both on {v}")).unwrap_or_else(|| ", run failed".into())
         );
         history::Verdict { name: "consistent-final-state", ok, detail }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn journal(step: Step, outcome: Option<Outcome>) -> Journal {
+        let plan = Plan { from: "1.0.0".into(), to: "2.0.0".into(), first: "p121".into(), second: "p122".into(), evaluation_ms: 1 };
+        Journal { plan, step: step.number().into(), outcome, fallback_from: None }
+    }
+
+    #[test]
+    fn resume_follows_the_journalled_outcome() {
+        // 204 ended "not acceptable": the fallback comes next, not step 205.
+        assert_eq!(resume_step(&journal(Step::SwitchOverAndEvaluate, Some(Outcome::NotAcceptable))), Ok(Step::Fallback));
+        assert_eq!(resume_step(&journal(Step::SwitchOverAndEvaluate, Some(Outcome::Done))), Ok(Step::ReloadOther));
+        assert_eq!(resume_step(&journal(Step::ReloadStandby, Some(Outcome::Error))), Ok(Step::Fallback));
+    }
+
+    #[test]
+    fn resume_redoes_an_interrupted_step_except_the_evaluation() {
+        for s in crate::procedure::ALL_STEPS.into_iter().filter(|s| !s.is_end()) {
+            let want = if s == Step::SwitchOverAndEvaluate { Step::Fallback } else { s };
+            assert_eq!(resume_step(&journal(s, None)), Ok(want), "{s:?}");
+        }
+        assert!(resume_step(&journal(Step::Completed, Some(Outcome::Done))).unwrap_err().contains("already ended"));
     }
 }
