@@ -13,6 +13,7 @@ use crate::qemu::{self, MachineSpec, VsockDevice};
 use crate::qmp::{AppDisk, Qmp};
 use crate::rundir::{ProcState, RunDir, State, VsockKind};
 use hitless_protocol::{ControlReply, ControlRequest, Hello, Role, Status};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -147,6 +148,8 @@ pub struct Testbed {
     pub events: Events,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// App images resolved so far: resolving runs cargo and the agent, so do it once per version.
+    apps: std::sync::Mutex<BTreeMap<String, AppImage>>,
 }
 
 /// Is a usable QEMU there?
@@ -200,8 +203,6 @@ impl Testbed {
         }
         events.progress("building images (cached by content)");
         let boot = images::boot_image(&cfg)?;
-        images::app_image(&cfg, &cfg.initial_version)?;
-        std::fs::create_dir_all(&run.root).map_err(file_err(&run.root))?;
         let state = State {
             config: cfg.file.canonicalize().unwrap_or_else(|_| cfg.file.clone()),
             accel,
@@ -214,9 +215,13 @@ impl Testbed {
                 .map(|p| ProcState { name: p.name.clone(), version: cfg.initial_version.clone(), boots: 0 })
                 .collect(),
         };
-        run.save_state(&state).map_err(file_err(&run.state_file()))?;
-        events.emit(Event::Accelerator { accel: accel.to_string(), reason });
-        let mut tb = Testbed { timeouts: Timeouts::for_accel(accel), cfg, run, state, boot, events };
+        let mut tb = Testbed { timeouts: Timeouts::for_accel(accel), cfg, run, state, boot, events, apps: Default::default() };
+        // The initial version's image, before anything is created or started.
+        let initial = tb.cfg.initial_version.clone();
+        tb.app(&initial)?;
+        std::fs::create_dir_all(&tb.run.root).map_err(file_err(&tb.run.root))?;
+        tb.save()?;
+        tb.events.emit(Event::Accelerator { accel: accel.to_string(), reason });
         let result = tb.bring_up().await;
         if let Err(e) = result {
             // Nothing half-started may survive a failed `up`.
@@ -232,7 +237,7 @@ impl Testbed {
         for n in &names {
             std::fs::create_dir_all(self.run.proc_dir(n)).map_err(file_err(&self.run.proc_dir(n)))?;
             if self.state.vsock == VsockKind::User {
-                self.start_vsock_daemon(n)?;
+                self.start_vsock_daemon(n).await?;
             }
         }
         // Both guests boot in parallel: start both QEMUs, then wait for both agents.
@@ -254,7 +259,18 @@ impl Testbed {
         let state = run.load_state().map_err(|_| TestbedError::NotUp(run.root.clone()))?;
         let cfg = Config::load(&state.config)?;
         let boot = images::boot_image(&cfg)?;
-        Ok(Testbed { timeouts: Timeouts::for_accel(state.accel), cfg, run, state, boot, events })
+        Ok(Testbed { timeouts: Timeouts::for_accel(state.accel), cfg, run, state, boot, events, apps: Default::default() })
+    }
+
+    /// The app image of `version`, built if needed (once per testbed).
+    pub fn app(&self, version: &str) -> Result<AppImage, images::ImageError> {
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = apps.get(version) {
+            return Ok(a.clone());
+        }
+        let a = images::app_image(&self.cfg, version)?;
+        apps.insert(version.to_string(), a.clone());
+        Ok(a)
     }
 
     fn save(&self) -> Result<(), TestbedError> {
@@ -281,7 +297,7 @@ impl Testbed {
         self.names().into_iter().find(|n| n != name).unwrap_or_default()
     }
 
-    fn start_vsock_daemon(&self, name: &str) -> Result<(), TestbedError> {
+    async fn start_vsock_daemon(&self, name: &str) -> Result<(), TestbedError> {
         let p = self.cfg.processor(name).ok_or_else(|| TestbedError::Environment(format!("unknown processor {name}")))?;
         let uds = self.run.vsock_uds(name);
         let sock = self.run.vhost_user(name);
@@ -292,24 +308,18 @@ impl Testbed {
         process::spawn(&self.cfg.vhost_device_vsock, &["--vm".into(), arg], &self.run.vsock_log(name), &self.run.vsock_pid(name))
             .map_err(|source| TestbedError::Process { processor: name.into(), source })?;
         // QEMU connects to the daemon's socket at start: wait for it to exist.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !sock.exists() {
-            if Instant::now() > deadline {
-                return Err(TestbedError::Boot {
-                    processor: name.into(),
-                    why: format!("vhost-device-vsock did not create {}", sock.display()),
-                    serial: String::new(),
-                    qemu: process::tail(&self.run.vsock_log(name), 20),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
+        let expired = || TestbedError::Boot {
+            processor: name.into(),
+            why: format!("vhost-device-vsock did not create {}", sock.display()),
+            serial: String::new(),
+            qemu: process::tail(&self.run.vsock_log(name), 20),
+        };
+        wait_until(Duration::from_secs(5), BOOT_POLL, async || Ok(sock.exists().then_some(())), expired).await
     }
 
     /// Start a processor's QEMU booting `version` from a fresh overlay; returns its start time.
     async fn start_qemu(&mut self, name: &str, version: &str) -> Result<Boot, TestbedError> {
-        let app: AppImage = images::app_image(&self.cfg, version)?;
+        let app = self.app(version)?;
         let boots = self.proc_state(name).boots + 1;
         let overlay = self.run.overlay(name, boots, version);
         let out = std::process::Command::new("qemu-img")
@@ -387,45 +397,28 @@ impl Testbed {
 
     /// Wait (bounded, stopping early if QEMU dies) until the agent answers hello.
     async fn wait_agent(&self, name: &str, boot: Boot) -> Result<Hello, TestbedError> {
-        let deadline = boot.t0 + self.timeouts.boot;
         let ch = self.channel(name);
-        // Connecting before the guest's vsock driver is up can wedge the userspace
-        // daemon for good; the agent's "listening" line on the console says it is up.
-        let serial = self.run.serial(name);
-        let start_len = boot.serial_offset;
-        loop {
+        let mut console = ConsoleWatch { path: self.run.serial(name), offset: boot.serial_offset, text: String::new() };
+        let budget = self.timeouts.boot.saturating_sub(boot.t0.elapsed());
+        let probe = async || {
             if self.qemu_alive(name).is_none() {
                 return Err(self.boot_error(name, "QEMU exited during boot".into()));
             }
-            if Instant::now() > deadline {
-                return Err(self.boot_error(name, format!("agent did not start within {:?}", self.timeouts.boot)));
+            // Connecting before the guest's vsock driver is up can wedge the userspace
+            // daemon for good; the agent's "listening" line on the console says it is up.
+            if !console.saw(LISTENING_MARK) {
+                return Ok(None);
             }
-            let text = std::fs::read(&serial).unwrap_or_default();
-            let new = text.get(start_len as usize..).unwrap_or_default();
-            if String::from_utf8_lossy(new).contains(LISTENING_MARK) {
-                break;
+            let Ok(mut c) = AgentClient::connect(&ch).await else { return Ok(None) };
+            match c.request(&ControlRequest::Hello, Duration::from_secs(2)).await {
+                Ok(ControlReply::Hello(h)) => Ok(Some(h)),
+                _ => Ok(None),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        loop {
-            if self.qemu_alive(name).is_none() {
-                return Err(self.boot_error(name, "QEMU exited during boot".into()));
-            }
-            if Instant::now() > deadline {
-                return Err(self.boot_error(name, format!("agent did not answer within {:?}", self.timeouts.boot)));
-            }
-            if let Ok(mut c) = AgentClient::connect(&ch).await {
-                if let Ok(ControlReply::Hello(h)) = c.request(&ControlRequest::Hello, Duration::from_secs(2)).await {
-                    self.events.emit(Event::AgentReady {
-                        processor: name.into(),
-                        version: h.version.clone(),
-                        boot_ms: boot.t0.elapsed().as_millis() as u64,
-                    });
-                    return Ok(h);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        };
+        let expired = || self.boot_error(name, format!("agent did not answer within {:?}", self.timeouts.boot));
+        let h = wait_until(budget, BOOT_POLL, probe, expired).await?;
+        self.events.emit(Event::AgentReady { processor: name.into(), version: h.version.clone(), boot_ms: boot.t0.elapsed().as_millis() as u64 });
+        Ok(h)
     }
 
     /// How the host reaches a processor's agent.
@@ -471,46 +464,33 @@ impl Testbed {
 
     /// Wait until `name` is a standby that completed its step-up and the active sees it registered.
     pub async fn wait_standby_current(&self, name: &str) -> Result<(), TestbedError> {
-        let deadline = Instant::now() + self.timeouts.stepup;
         let active = self.peer_of(name);
-        loop {
+        let probe = async || {
             let s = self.agent_status(name).await?;
             let a = self.agent_status(&active).await?;
-            if s.replication.synced && a.replication.registered.is_some() && !a.replication.simplex {
-                return Ok(());
-            }
             if let Some(why) = s.peer.as_ref().and_then(|p| p.refused.clone()) {
                 return Err(TestbedError::Agent { processor: name.into(), message: format!("cannot become standby: {why}") });
             }
-            if Instant::now() > deadline {
-                return Err(TestbedError::Agent {
-                    processor: name.into(),
-                    message: format!("step-up from {active} not complete within {:?}", self.timeouts.stepup),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Ok((s.replication.synced && a.replication.registered.is_some() && !a.replication.simplex).then_some(()))
+        };
+        let expired = || TestbedError::Agent {
+            processor: name.into(),
+            message: format!("step-up from {active} not complete within {:?}", self.timeouts.stepup),
+        };
+        wait_until(self.timeouts.stepup, STATUS_POLL, probe, expired).await
     }
 
     async fn wait_peers_seen(&self) -> Result<(), TestbedError> {
-        let deadline = Instant::now() + self.timeouts.stepup;
         for n in self.names() {
-            loop {
-                let s = self.agent_status(&n).await?;
-                if s.peer.as_ref().is_some_and(|p| p.connected) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(TestbedError::Agent { processor: n.clone(), message: "does not see its peer over the link".into() });
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let probe = async || Ok(self.agent_status(&n).await?.peer.is_some_and(|p| p.connected).then_some(()));
+            let expired = || TestbedError::Agent { processor: n.clone(), message: "does not see its peer over the link".into() };
+            wait_until(self.timeouts.stepup, STATUS_POLL, probe, expired).await?;
         }
         Ok(())
     }
 
     /// Stop a processor: QMP `quit`, bounded wait, then SIGKILL of its process group.
-    pub async fn stop_processor(&mut self, name: &str) -> Result<(), TestbedError> {
+    pub async fn stop_processor(&mut self, name: &str) {
         let how = match Qmp::connect(&self.run.qmp(name)).await {
             Ok(q) => {
                 q.quit().await;
@@ -520,7 +500,6 @@ impl Testbed {
         };
         process::stop_pid_file(&self.run.qemu_pid(name), Duration::from_secs(3));
         self.events.emit(Event::ProcessorStopped { processor: name.into(), how: how.into() });
-        Ok(())
     }
 
     /// Reload a processor with `version`: it goes down and comes back as a
@@ -528,9 +507,9 @@ impl Testbed {
     /// Returns what QMP shows it booted.
     pub async fn reload(&mut self, name: &str, version: &str) -> Result<AppDisk, TestbedError> {
         // Build first: a missing image must fail before the processor goes down.
-        let app = images::app_image(&self.cfg, version)?;
+        let app = self.app(version)?;
         let before = self.qmp_app_disk(name).await.ok();
-        self.stop_processor(name).await?;
+        self.stop_processor(name).await;
         let boot = self.start_qemu(name, version).await?;
         let hello = self.wait_agent(name, boot).await?;
         let after = self.qmp_app_disk(name).await?;
@@ -564,9 +543,13 @@ impl Testbed {
         let mut out = Vec::new();
         for n in self.names() {
             let pid = self.qemu_alive(&n);
-            let (run_state, app_disk) = match (pid, Qmp::connect(&self.run.qmp(&n)).await) {
-                (Some(_), Ok(q)) => (q.status().await.ok(), q.app_disk().await.ok()),
-                _ => (None, None),
+            let qmp = match pid {
+                Some(_) => Qmp::connect(&self.run.qmp(&n)).await.ok(),
+                None => None,
+            };
+            let (run_state, app_disk) = match qmp {
+                Some(q) => (q.status().await.ok(), q.app_disk().await.ok()),
+                None => (None, None),
             };
             let agent = if pid.is_some() { self.agent_status(&n).await.map_err(|e| e.to_string()) } else { Err("QEMU is not running".into()) };
             out.push(ProcessorStatus { booted_version: self.version_of(&n), name: n, pid, run_state, app_disk, agent });
@@ -588,6 +571,54 @@ impl Testbed {
     }
 }
 
+/// How often boot waits look (console, sockets).
+const BOOT_POLL: Duration = Duration::from_millis(10);
+/// How often replication waits ask the agents.
+const STATUS_POLL: Duration = Duration::from_millis(20);
+
+/// The one way to wait: poll `probe` every `every` until it yields `Some`, or
+/// fails (e.g. the process waited for died), or `timeout` passes (`expired()`).
+async fn wait_until<T>(
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<Option<T>, TestbedError>,
+    expired: impl FnOnce() -> TestbedError,
+) -> Result<T, TestbedError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(expired());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Follows a serial log from an offset, reading only what was appended since the last look.
+struct ConsoleWatch {
+    path: PathBuf,
+    offset: u64,
+    text: String,
+}
+
+impl ConsoleWatch {
+    fn saw(&mut self, mark: &str) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        if !self.text.contains(mark) {
+            let mut new = Vec::new();
+            if let Ok(mut f) = std::fs::File::open(&self.path) {
+                if f.seek(SeekFrom::Start(self.offset)).is_ok() && f.read_to_end(&mut new).is_ok() {
+                    self.offset += new.len() as u64;
+                    self.text.push_str(&String::from_utf8_lossy(&new));
+                }
+            }
+        }
+        self.text.contains(mark)
+    }
+}
+
 /// What the agent prints on the console once its vsock services listen.
 pub const LISTENING_MARK: &str = ") listening";
 
@@ -595,26 +626,17 @@ fn file_name(p: &str) -> String {
     Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())
 }
 
-/// Tear down whatever runs from `run`: QEMUs by QMP quit then by process
-/// group, daemons by process group; then remove the run directory.
+/// Tear down whatever runs from `run`: every helper by its process group
+/// (SIGTERM, which QEMU and the vsock daemon both handle by exiting cleanly,
+/// then SIGKILL after a grace period); then remove the run directory.
 /// Idempotent, and works after the orchestrator or a VM died.
 pub fn down(run: &RunDir, events: &Events) -> usize {
     let mut stopped = 0;
     for pf in run.pid_files() {
-        if let Some(pid) = process::read_pid(&pf) {
-            if process::alive(pid) {
-                stopped += 1;
-                let is_qemu = pf.file_name().is_some_and(|n| n == "qemu.pid");
-                if is_qemu {
-                    // Try a clean quit first; QEMU then exits on its own.
-                    if let Some(dir) = pf.parent() {
-                        quit_blocking(&dir.join("qmp.sock"));
-                    }
-                    process::wait_exit(pid, Duration::from_secs(2));
-                }
-                process::stop_group(pid, Duration::from_secs(2));
-                events.progress(format!("stopped {} (pid {pid})", pf.display()));
-            }
+        if let Some(pid) = process::read_pid(&pf).filter(|p| process::alive(*p)) {
+            stopped += 1;
+            process::stop_group(pid, Duration::from_secs(2));
+            events.progress(format!("stopped {} (pid {pid})", pf.display()));
         }
         let _ = std::fs::remove_file(&pf);
     }
@@ -622,21 +644,4 @@ pub fn down(run: &RunDir, events: &Events) -> usize {
         let _ = std::fs::remove_dir_all(&run.root);
     }
     stopped
-}
-
-/// Send QMP `quit` without an async runtime (used from `down`, also after Ctrl-C).
-fn quit_blocking(sock: &Path) {
-    use std::io::{BufRead, BufReader, Write};
-    let Ok(s) = std::os::unix::net::UnixStream::connect(sock) else { return };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut r = BufReader::new(&s);
-    let mut line = String::new();
-    let _ = r.read_line(&mut line);
-    let mut w = &s;
-    let _ = w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n");
-    line.clear();
-    let _ = r.read_line(&mut line);
-    let _ = w.write_all(b"{\"execute\":\"quit\"}\n");
-    line.clear();
-    let _ = r.read_line(&mut line);
 }

@@ -5,7 +5,7 @@
 
 use crate::events::Event;
 use crate::history;
-use crate::images;
+
 use crate::procedure::{next, Outcome, Step};
 use crate::rundir::write_atomic;
 use crate::testbed::{Testbed, TestbedError};
@@ -127,7 +127,7 @@ pub async fn plan(tb: &Testbed, to: &str) -> Result<Plan, TestbedError> {
 
 /// The steps the happy path takes, as lines for `--dry-run`.
 pub fn describe_plan(tb: &Testbed, p: &Plan) -> Vec<String> {
-    let img = |v: &str| images::app_image(&tb.cfg, v).map(|a| a.path.display().to_string()).unwrap_or_else(|e| format!("(cannot build: {e})"));
+    let img = |v: &str| tb.app(v).map(|a| a.path.display().to_string()).unwrap_or_else(|e| format!("(cannot build: {e})"));
     vec![
         format!("200 check: {} active and {} standby on {}, replication current", p.first, p.second, p.from),
         format!("201 take {} out of service ({} runs simplex)", p.second, p.first),
@@ -162,8 +162,8 @@ pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report
         (plan(tb, to).await?, Step::Initial, None)
     };
     // Both images first: a missing or broken image must fail before anything changes.
-    images::app_image(&tb.cfg, &plan.to)?;
-    images::app_image(&tb.cfg, &plan.from)?;
+    tb.app(&plan.to)?;
+    tb.app(&plan.from)?;
     let targets = tb.names().into_iter().map(|n| (n.clone(), tb.channel(&n))).collect();
     let workload = if opts.workload { Some(Workload::start(targets, plan.first.clone())) } else { None };
     let mut run = Run { tb, plan, workload, switches: Vec::new(), why: None, fallback_from };
@@ -322,7 +322,8 @@ impl Run<'_> {
     /// Features `to` supports that `from` does not.
     fn new_features(&self) -> Vec<String> {
         let feats = |v: &str| -> FeatureSet {
-            images::app_image(&self.tb.cfg, v)
+            self.tb
+                .app(v)
                 .ok()
                 .and_then(|a| serde_json::from_value(a.manifest.get("features").cloned().unwrap_or_default()).ok())
                 .unwrap_or_default()
