@@ -104,11 +104,6 @@ impl Agent {
         }
     }
 
-    /// Processor name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Features this build supports.
     pub fn supported(&self) -> &FeatureSet {
         &self.supported
@@ -252,44 +247,45 @@ impl Agent {
         Ok((c.role, c.epoch))
     }
 
-    /// Wait (bounded) until the peer has said hello on a live link; false on timeout.
-    pub async fn wait_peer(&self, timeout: Duration) -> bool {
+    /// Wait until `cond` holds, re-checked on every state change; false after `timeout`.
+    async fn wait_for(&self, timeout: Duration, cond: impl Fn(&Core) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
+            // Register before checking, so a change between check and wait is not missed.
             let notified = self.changed.notified();
-            if self.lock().peer.as_ref().is_some_and(|p| p.hello.is_some()) {
+            if cond(&self.lock()) {
                 return true;
             }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return false;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+            let _ = tokio::time::timeout(left, notified).await;
         }
+    }
+
+    /// Wait (bounded) until the peer has said hello on a live link; false on timeout.
+    pub async fn wait_peer(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, |c| c.peer.as_ref().is_some_and(|p| p.hello.is_some())).await
     }
 
     /// After a demotion from active: wait (bounded) until the standby registered everything in flight.
     pub async fn flush(&self) -> Result<(), String> {
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
-        loop {
-            let notified = self.changed.notified();
-            {
-                let mut c = self.lock();
-                if c.pending.is_empty() {
-                    return Ok(());
-                }
-                if Instant::now() >= deadline {
-                    let n: usize = c.pending.values().map(Vec::len).sum();
-                    // Unregistered work units were never acked: answer "not active" so clients retry elsewhere.
-                    for (_, list) in std::mem::take(&mut c.pending) {
-                        for p in list {
-                            let _ = p.tx.send(WorkReply::NotActive { id: p.id, role: c.role, active: None });
-                        }
-                    }
-                    return Err(format!("{n} updates were not registered by the standby within {FLUSH_TIMEOUT:?}"));
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        if self.wait_for(FLUSH_TIMEOUT, |c| c.pending.is_empty()).await {
+            return Ok(());
         }
+        let mut c = self.lock();
+        let n: usize = c.pending.values().map(Vec::len).sum();
+        // Unregistered work units were never acked: answer "not active" so clients retry elsewhere.
+        for (_, list) in std::mem::take(&mut c.pending) {
+            for p in list {
+                let _ = p.tx.send(WorkReply::NotActive { id: p.id, role: c.role, active: None });
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        Err(format!("{n} updates were not registered by the standby within {FLUSH_TIMEOUT:?}"))
     }
 
     /// Enable a new feature; both processors must run a version that supports it.
@@ -412,7 +408,11 @@ impl Agent {
     /// Handle one message from the peer.
     pub fn on_link(&self, msg: LinkMsg) -> LinkAction {
         let mut c = self.lock();
-        let action = match msg {
+        if msg != LinkMsg::Heartbeat {
+            // Waiters wake, then take the lock after this handler: they see its final state.
+            self.changed.notify_waiters();
+        }
+        match msg {
             LinkMsg::Hello(h) => {
                 if let Some(why) = self.pairing_problem(&c, &h) {
                     tracing::warn!("pairing refused: {why}");
@@ -431,7 +431,6 @@ impl Agent {
                 if let Some(p) = c.peer.as_mut() {
                     p.hello = Some(h);
                 }
-                self.changed.notify_waiters();
                 if c.role == Role::Active {
                     if peer_role == Role::Standby {
                         self.maybe_step_up(&mut c);
@@ -484,7 +483,6 @@ impl Agent {
                 if c.standby_attached && generation == c.generation {
                     c.registered = Some(c.registered.map_or(seq, |r| r.max(seq)));
                     Self::release(&mut c, Some(seq), true);
-                    self.changed.notify_waiters();
                 }
                 LinkAction::None
             }
@@ -494,8 +492,7 @@ impl Agent {
                 self.maybe_step_up(&mut c);
                 LinkAction::None
             }
-        };
-        action
+        }
     }
 
     /// Count an internal error (e.g. a message that failed to encode or decode).

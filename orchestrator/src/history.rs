@@ -71,14 +71,14 @@ pub fn never_two_actives(entries: &[Entry]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Record;
+    use crate::workload::{Kind, Record};
     use hitless_protocol::UnitState;
 
     fn unit(id: &str, ops: &[&str]) -> WorkUnit {
         WorkUnit { id: id.into(), state: UnitState::Open, fields: Default::default(), priority: None, ops: ops.iter().map(|s| s.to_string()).collect() }
     }
     fn ack(id: &str) -> Record {
-        Record { t_ms: 0, kind: "ack".into(), id: id.into(), processor: "p".into(), seq: Some(1), registered: Some(true), detail: None }
+        Record { seq: Some(1), registered: Some(true), ..Record::new(0, Kind::Ack, id, "p") }
     }
 
     #[test]

@@ -204,8 +204,10 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
         return Ok(img);
     }
     tracing::info!("building boot image {}", dir.display());
-    let tmp = tempdir_in(&cfg.cache_dir)?;
-    let root = tmp.join("root");
+    let tmp = scratch(&cfg.cache_dir)?;
+    let root = tmp.path().join("root");
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
     for d in ["bin", "proc", "sys", "dev", "app", "lib/modules"] {
         std::fs::create_dir_all(root.join(d)).map_err(io(&root))?;
     }
@@ -223,7 +225,7 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     write(&root.join("modules.list"), list.as_bytes())?;
     write(&root.join("init"), INIT.as_bytes())?;
     set_mode(&root.join("init"), 0o755)?;
-    let cpio = tmp.join("initramfs.cpio");
+    let cpio = out_dir.join("initramfs.cpio");
     let out = std::fs::File::create(&cpio).map_err(io(&cpio))?;
     let find = run(Command::new("find").arg(".").current_dir(&root))?;
     let mut child = Command::new("cpio")
@@ -241,9 +243,8 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     if !st.success() {
         return Err(ImageError::Tool { cmd: "cpio".into(), detail: st.to_string() });
     }
-    std::fs::copy(&vmlinuz, tmp.join("vmlinuz")).map_err(io(&vmlinuz))?;
-    std::fs::remove_dir_all(&root).map_err(io(&root))?;
-    publish(&tmp, &dir)?;
+    std::fs::copy(&vmlinuz, out_dir.join("vmlinuz")).map_err(io(&vmlinuz))?;
+    publish(&out_dir, &dir)?;
     Ok(img)
 }
 
@@ -268,21 +269,20 @@ pub fn app_image(cfg: &Config, version: &str) -> Result<AppImage, ImageError> {
         return Ok(img);
     }
     tracing::info!("building app disk {}", path.display());
-    let tmp = tempdir_in(&cfg.cache_dir)?;
-    let root = tmp.join("root");
+    let tmp = scratch(&cfg.cache_dir)?;
+    let root = tmp.path().join("root");
     std::fs::create_dir_all(&root).map_err(io(&root))?;
     write(&root.join("hitless-agent"), &bytes)?;
     set_mode(&root.join("hitless-agent"), 0o755)?;
     write(&root.join("manifest.json"), &manifest_out)?;
     let size_mib = bytes.len() / (1 << 20) + 8;
-    let file = tmp.join("app.ext4");
+    let file = tmp.path().join("app.ext4");
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-O", "^has_journal", "-E", "root_owner=0:0", "-L", "hitless-app", "-d"])
         .arg(&root)
         .arg(&file)
         .arg(format!("{size_mib}M")))?;
-    std::fs::rename(&file, &path).map_err(io(&path))?;
-    let _ = std::fs::remove_dir_all(&tmp);
+    publish(&file, &path)?;
     Ok(img)
 }
 
@@ -324,23 +324,20 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
 }
 
-fn tempdir_in(dir: &Path) -> Result<PathBuf, ImageError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let p = dir.join(format!(".tmp-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
-    std::fs::create_dir_all(&p).map_err(io(&p))?;
-    Ok(p)
+/// A scratch directory inside the cache (same filesystem, so results move in by rename);
+/// removed on drop, so a failed or interrupted build leaves nothing behind.
+fn scratch(cache: &Path) -> Result<tempfile::TempDir, ImageError> {
+    std::fs::create_dir_all(cache).map_err(io(cache))?;
+    tempfile::Builder::new().prefix(".build-").tempdir_in(cache).map_err(io(cache))
 }
 
-/// Move a finished build into place atomically, so an interrupted build never leaves a half image.
-fn publish(tmp: &Path, dir: &Path) -> Result<(), ImageError> {
-    match std::fs::rename(tmp, dir) {
+/// Move a finished build into place atomically, so a reader never sees half an image.
+fn publish(from: &Path, to: &Path) -> Result<(), ImageError> {
+    match std::fs::rename(from, to) {
         Ok(()) => Ok(()),
         // Someone else published it first: theirs is as good as ours.
-        Err(_) if dir.is_dir() => {
-            let _ = std::fs::remove_dir_all(tmp);
-            Ok(())
-        }
-        Err(e) => Err(ImageError::Io { path: dir.to_path_buf(), source: e }),
+        Err(_) if to.exists() => Ok(()),
+        Err(e) => Err(ImageError::Io { path: to.to_path_buf(), source: e }),
     }
 }
 

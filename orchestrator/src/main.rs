@@ -85,12 +85,16 @@ enum Cmd {
     Down,
 }
 
-fn run_dir(cli: &Cli) -> anyhow::Result<RunDir> {
+/// `--run-dir`, or the default for the config's testbed name (loading the config only then).
+fn run_dir(cli: &Cli, cfg: Option<&Config>) -> anyhow::Result<RunDir> {
     if let Some(d) = &cli.run_dir {
         return Ok(RunDir::new(d));
     }
-    let cfg = Config::load(&cli.config)?;
-    Ok(RunDir::default_for(&cfg.name))
+    let name = match cfg {
+        Some(c) => c.name.clone(),
+        None => Config::load(&cli.config)?.name,
+    };
+    Ok(RunDir::default_for(&name))
 }
 
 /// Why a run ended unsuccessfully although nothing broke (carries its exit code).
@@ -137,10 +141,7 @@ fn code_of(e: &anyhow::Error) -> u8 {
 
 async fn up(cli: &Cli, events: Events) -> anyhow::Result<()> {
     let cfg = Config::load(&cli.config)?;
-    let run = match &cli.run_dir {
-        Some(d) => RunDir::new(d),
-        None => RunDir::default_for(&cfg.name),
-    };
+    let run = run_dir(cli, Some(&cfg))?;
     let run2 = run.clone();
     let ev2 = events.clone();
     let tb = tokio::select! {
@@ -163,8 +164,8 @@ async fn print_status(tb: &Testbed, json: bool) {
         return;
     }
     println!(
-        "{:<6} {:<8} {:<15} {:<8} {:<7} {:<18} {:<34} {:>5} {:>5} {:<28} {}",
-        "PROC", "QEMU", "ROLE", "VERSION", "EPOCH", "FEATURES", "IMAGE", "SEQ", "LAG", "PEER (over link)", "REPLICATION"
+        "{:<6} {:<8} {:<15} {:<8} {:<7} {:<18} {:<34} {:>5} {:>5} {:<28} REPLICATION",
+        "PROC", "QEMU", "ROLE", "VERSION", "EPOCH", "FEATURES", "IMAGE", "SEQ", "LAG", "PEER (over link)"
     );
     for p in st {
         let img = p.app_disk.as_ref().map(|d| d.backing.rsplit('/').next().unwrap_or("").to_string()).unwrap_or_else(|| "-".into());
@@ -210,12 +211,12 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
         }
         Cmd::Up => up(&cli, events).await,
         Cmd::Status { json } => {
-            let tb = Testbed::attach(run_dir(&cli)?, events)?;
+            let tb = Testbed::attach(run_dir(&cli, None)?, events)?;
             print_status(&tb, *json).await;
             Ok(())
         }
         Cmd::Upgrade { to, dry_run, resume, no_workload } => {
-            let mut tb = Testbed::attach(run_dir(&cli)?, events)?;
+            let mut tb = Testbed::attach(run_dir(&cli, None)?, events)?;
             if *dry_run {
                 let to = to.clone().unwrap_or_default();
                 let p = hitless::upgrade::plan(&tb, &to).await?;
@@ -230,12 +231,12 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             finish_report(&tb, &report)
         }
         Cmd::Rollback => {
-            let mut tb = Testbed::attach(run_dir(&cli)?, events)?;
+            let mut tb = Testbed::attach(run_dir(&cli, None)?, events)?;
             let report = hitless::upgrade::rollback(&mut tb).await?;
             finish_report(&tb, &report)
         }
         Cmd::Down => {
-            let run = run_dir(&cli)?;
+            let run = run_dir(&cli, None)?;
             let n = testbed::down(&run, &events);
             eprintln!("down: stopped {n} processes, removed {}", run.root.display());
             Ok(())

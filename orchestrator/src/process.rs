@@ -61,10 +61,10 @@ pub fn spawn(program: &Path, args: &[String], log: &Path, pid_file: &Path) -> Re
         .process_group(0)
         .spawn()
         .map_err(|source| ProcessError::Spawn { program: program.display().to_string(), source })?;
+    // Dropping the handle neither kills nor waits: the helper outlives this command,
+    // and `alive()` reaps it once it exits.
     let pid = child.id();
     std::fs::write(pid_file, format!("{pid}\n")).map_err(file_err(pid_file))?;
-    // The child is reaped by whoever waits on the pid; dropping the handle does not kill it.
-    std::mem::forget(child);
     Ok(Helper { pid, pid_file: pid_file.to_path_buf() })
 }
 

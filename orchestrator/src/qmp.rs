@@ -98,11 +98,6 @@ impl Qmp {
         Ok(devs.iter().find_map(|d| d.inserted.as_ref().map(|i| i.file.clone())).unwrap_or_default())
     }
 
-    /// `set_link`: cut or restore the inter-VM link.
-    pub async fn set_link(&self, up: bool) -> Result<(), QmpError> {
-        self.exec("set_link", qmp::set_link { name: format!("{}-nic", crate::qemu::LINK_NETDEV), up }).await.map(|_| ())
-    }
-
     /// `quit`: QEMU exits; the connection reset that follows is expected.
     pub async fn quit(self) {
         let _ = tokio::time::timeout(Duration::from_secs(3), self.service.execute(qmp::quit {})).await;

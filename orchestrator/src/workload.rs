@@ -17,13 +17,29 @@ const WINDOW: usize = 8;
 /// Pause between requests; keeps the load steady rather than maximal during an upgrade.
 const PACE: Duration = Duration::from_millis(2);
 
+/// What a history record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A request was sent for the first time.
+    Send,
+    /// An unacknowledged request was sent again on a new connection.
+    Retry,
+    /// The processor acknowledged the request.
+    Ack,
+    /// The processor refused it as invalid (a workload error).
+    Rejected,
+    /// The processor is not active; the workload follows the hint.
+    NotActive,
+}
+
 /// One line of the history.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Record {
     /// Milliseconds since the workload started.
     pub t_ms: u64,
-    /// send | ack | retry | not-active | rejected | switch
-    pub kind: String,
+    /// What happened.
+    pub kind: Kind,
     /// Request id.
     pub id: String,
     /// Processor the request went to / answered.
@@ -34,9 +50,16 @@ pub struct Record {
     /// Registered by a standby before the ack (acks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered: Option<bool>,
-    /// Detail (rejections).
+    /// Rejection reason, or the active named by a not-active answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+impl Record {
+    /// A record with no ack fields and no detail.
+    pub fn new(t_ms: u64, kind: Kind, id: impl Into<String>, processor: impl Into<String>) -> Self {
+        Record { t_ms, kind, id: id.into(), processor: processor.into(), seq: None, registered: None, detail: None }
+    }
 }
 
 /// What the workload did.
@@ -50,7 +73,7 @@ impl History {
     /// Ids acknowledged, with the time of their first ack.
     pub fn acked(&self) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
-        for r in self.records.iter().filter(|r| r.kind == "ack") {
+        for r in self.records.iter().filter(|r| r.kind == Kind::Ack) {
             m.entry(r.id.clone()).or_insert(r.t_ms);
         }
         m
@@ -58,17 +81,12 @@ impl History {
 
     /// Rejected requests (workload errors).
     pub fn rejected(&self) -> usize {
-        self.records.iter().filter(|r| r.kind == "rejected").count()
-    }
-
-    /// Rejections in the time window [from, to] ms.
-    pub fn rejected_between(&self, from: u64, to: u64) -> usize {
-        self.records.iter().filter(|r| r.kind == "rejected" && r.t_ms >= from && r.t_ms <= to).count()
+        self.records.iter().filter(|r| r.kind == Kind::Rejected).count()
     }
 
     /// Longest time without any ack that overlaps the window [from, to] (ms).
     pub fn gap_around(&self, from: u64, to: u64) -> u64 {
-        let acks: Vec<u64> = self.records.iter().filter(|r| r.kind == "ack").map(|r| r.t_ms).collect();
+        let acks: Vec<u64> = self.records.iter().filter(|r| r.kind == Kind::Ack).map(|r| r.t_ms).collect();
         acks.windows(2).filter(|w| w[1] >= from && w[0] <= to).map(|w| w[1] - w[0]).max().unwrap_or(0)
     }
 
@@ -154,7 +172,7 @@ async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBoo
         let (r, mut w) = tokio::io::split(stream);
         let mut reader = BufReader::new(r);
         for req in &inflight {
-            h.records.push(Record { t_ms: t(start), kind: "retry".into(), id: req.id.clone(), processor: name.clone(), seq: None, registered: None, detail: None });
+            h.records.push(Record::new(t(start), Kind::Retry, &req.id, name));
             let Ok(line) = to_line(req) else { continue };
             if w.write_all(&line).await.is_err() {
                 continue 'outer;
@@ -166,7 +184,7 @@ async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBoo
             while inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
                 let req = op(next_op);
                 next_op += 1;
-                h.records.push(Record { t_ms: t(start), kind: "send".into(), id: req.id.clone(), processor: name.clone(), seq: None, registered: None, detail: None });
+                h.records.push(Record::new(t(start), Kind::Send, &req.id, name));
                 let Ok(l) = to_line(&req) else { continue };
                 inflight.push_back(req);
                 if w.write_all(&l).await.is_err() {
@@ -191,15 +209,15 @@ async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBoo
             match reply {
                 WorkReply::Ack { id, seq, registered, .. } => {
                     inflight.remove(pos);
-                    h.records.push(Record { t_ms: t(start), kind: "ack".into(), id, processor: name.clone(), seq: Some(seq), registered: Some(registered), detail: None });
+                    h.records.push(Record { seq: Some(seq), registered: Some(registered), ..Record::new(t(start), Kind::Ack, id, name) });
                 }
                 WorkReply::Rejected { id, reason } => {
                     inflight.remove(pos);
                     rejected.fetch_add(1, Ordering::Relaxed);
-                    h.records.push(Record { t_ms: t(start), kind: "rejected".into(), id, processor: name.clone(), seq: None, registered: None, detail: Some(reason) });
+                    h.records.push(Record { detail: Some(reason), ..Record::new(t(start), Kind::Rejected, id, name) });
                 }
                 WorkReply::NotActive { id, active, .. } => {
-                    h.records.push(Record { t_ms: t(start), kind: "not-active".into(), id, processor: name.clone(), seq: None, registered: None, detail: active.clone() });
+                    h.records.push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
                     target = active.and_then(|a| targets.iter().position(|(n, _)| *n == a)).unwrap_or((target + 1) % targets.len());
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue 'outer;
@@ -215,13 +233,13 @@ async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBoo
 mod tests {
     use super::*;
 
-    fn rec(t: u64, kind: &str, id: &str) -> Record {
-        Record { t_ms: t, kind: kind.into(), id: id.into(), processor: "p".into(), seq: None, registered: None, detail: None }
+    fn ack(t: u64, id: &str) -> Record {
+        Record::new(t, Kind::Ack, id, "p")
     }
 
     #[test]
     fn gap_is_the_longest_ack_silence_touching_the_window() {
-        let h = History { records: vec![rec(0, "ack", "a"), rec(10, "ack", "b"), rec(90, "ack", "c"), rec(95, "ack", "d"), rec(300, "ack", "e")] };
+        let h = History { records: vec![ack(0, "a"), ack(10, "b"), ack(90, "c"), ack(95, "d"), ack(300, "e")] };
         assert_eq!(h.gap_around(20, 50), 80);
         assert_eq!(h.gap_around(96, 99), 205);
         assert_eq!(h.acked().len(), 5);

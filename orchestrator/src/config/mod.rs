@@ -317,8 +317,9 @@ impl Config {
             bad(raw.processors.referenced.line(), format!("both processors have vsock cid {}", processors[0].cid));
         }
         let mut versions = BTreeMap::new();
+        // Problems with no line to point at.
+        let mut unplaced = Vec::new();
         for (name, v) in &raw.versions {
-            let line = raw.initial_version.referenced.line();
             let version = match (&v.cargo_features, &v.agent) {
                 (Some(f), None) => Version::Build { features: f.clone(), test_only: v.test_only },
                 (None, Some(a)) => {
@@ -333,7 +334,8 @@ impl Config {
                     continue;
                 }
                 (None, None) => {
-                    bad(line, format!("version {name}: needs cargo_features (build the bundled agent) or agent (a binary)"));
+                    // Map keys carry no position; the message names the entry instead.
+                    unplaced.push(format!("  versions.{name}: needs cargo_features (build the bundled agent) or agent (a binary)"));
                     continue;
                 }
             };
@@ -349,6 +351,7 @@ impl Config {
                 ),
             );
         }
+        problems.extend(unplaced);
         if !(100..=600_000).contains(&raw.evaluation_ms) {
             problems.push(format!("  evaluation_ms {} is out of range 100..600000", raw.evaluation_ms));
         }
