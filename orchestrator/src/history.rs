@@ -4,7 +4,7 @@
 //! (both in service, one version).
 
 use crate::events::{Entry, Event};
-use crate::workload::History;
+use crate::workload::{History, Kind};
 use hitless_protocol::WorkUnit;
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,8 +39,18 @@ pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
     Verdict { name: "no-acked-work-lost-or-applied-twice", ok, detail }
 }
 
-/// Invariant 1: replaying the role events, never more than one active.
-pub fn never_two_actives(entries: &[Entry]) -> Verdict {
+/// How often the processor that acks changes along the history. The workload
+/// talks to one processor at a time, so this can only change at a switchover;
+/// two processors serving at once would show up as extra changes.
+pub fn ack_handovers(history: &History) -> usize {
+    let acks: Vec<&str> = history.records.iter().filter(|r| r.kind == Kind::Ack).map(|r| r.processor.as_str()).collect();
+    acks.windows(2).filter(|w| w[0] != w[1]).count()
+}
+
+/// Invariant 1: never more than one active — from the role events (what the
+/// agents confirmed) and from the acks (who actually served), given the
+/// number of switchovers the procedure made.
+pub fn never_two_actives(entries: &[Entry], history: &History, switchovers: usize) -> Verdict {
     let mut roles: BTreeMap<String, String> = BTreeMap::new();
     let mut last_epoch = 0;
     let mut violations = Vec::new();
@@ -63,15 +73,23 @@ pub fn never_two_actives(entries: &[Entry]) -> Verdict {
             violations.push(format!("two actives at {} ms: {actives:?}", e.at_ms));
         }
     }
+    let handovers = ack_handovers(history);
+    if handovers > switchovers {
+        violations.push(format!("acks moved between processors {handovers} times in {switchovers} switchovers"));
+    }
     let ok = violations.is_empty();
-    let detail = if ok { format!("at most one active throughout; epochs increase (last {last_epoch})") } else { violations.join("; ") };
+    let detail = if ok {
+        format!("at most one active throughout; epochs increase (last {last_epoch}); acks changed hands {handovers} times in {switchovers} switchovers")
+    } else {
+        violations.join("; ")
+    };
     Verdict { name: "never-two-actives", ok, detail }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{Kind, Record};
+    use crate::workload::Record;
     use hitless_protocol::UnitState;
 
     fn unit(id: &str, ops: &[&str]) -> WorkUnit {
@@ -96,11 +114,23 @@ mod tests {
     #[test]
     fn two_actives_are_caught() {
         let role = |t, p: &str, r: &str, e| Entry { at_ms: t, event: Event::Role { processor: p.into(), role: r.into(), epoch: e } };
+        let none = History::default();
         let good = [role(0, "a", "active", 1), role(1, "b", "standby", 2), role(2, "a", "standby", 3), role(3, "b", "active", 4)];
-        assert!(never_two_actives(&good).ok);
+        assert!(never_two_actives(&good, &none, 1).ok);
         let bad = [role(0, "a", "active", 1), role(1, "b", "active", 2)];
-        assert!(!never_two_actives(&bad).ok);
+        assert!(!never_two_actives(&bad, &none, 1).ok);
         let stale = [role(0, "a", "active", 2), role(1, "b", "standby", 1)];
-        assert!(!never_two_actives(&stale).ok);
+        assert!(!never_two_actives(&stale, &none, 1).ok);
+    }
+
+    #[test]
+    fn acks_from_both_sides_between_switchovers_are_a_split_brain() {
+        let by = |p: &str, id: &str| Record::new(0, Kind::Ack, id, p);
+        let one_switch = History { records: vec![by("a", "w0"), by("a", "w1"), by("b", "w2"), by("b", "w3")] };
+        assert_eq!(ack_handovers(&one_switch), 1);
+        assert!(never_two_actives(&[], &one_switch, 1).ok);
+        let both_serving = History { records: vec![by("a", "w0"), by("b", "w1"), by("a", "w2"), by("b", "w3")] };
+        let v = never_two_actives(&[], &both_serving, 1);
+        assert!(!v.ok && v.detail.contains("3 times"), "{}", v.detail);
     }
 }

@@ -68,6 +68,8 @@ pub struct Report {
     pub invariants: Vec<history::Verdict>,
     /// Service gap per switchover (step, ms).
     pub gaps: Vec<(String, u64)>,
+    /// Work requests the workload got acknowledged.
+    pub acked: usize,
 }
 
 impl Report {
@@ -484,7 +486,7 @@ impl Run<'_> {
                 detail: format!("{} acked, {rejected} rejected", history.acked().len()),
             });
         }
-        invariants.push(history::never_two_actives(&self.tb.events.entries()));
+        invariants.push(history::never_two_actives(&self.tb.events.entries(), &history, self.switches.len()));
         invariants.push(self.final_state(end).await);
         for v in &invariants {
             self.tb.events.emit(Event::Invariant { name: v.name.into(), ok: v.ok, detail: v.detail.clone() });
@@ -503,7 +505,7 @@ impl Run<'_> {
         };
         self.tb.events.emit(Event::Outcome { result: result.into(), message: message.clone() });
         crate::transcript::write(self.tb, &self.plan);
-        Report { end: result.into(), message, invariants, gaps }
+        Report { end: result.into(), message, invariants, gaps, acked: history.acked().len() }
     }
 
     async fn active(&self) -> Option<String> {
