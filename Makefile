@@ -29,7 +29,8 @@ testbed: images
 	$(HITLESS) up --config $(CONFIG) --run-dir $(RUN_DIR) || { $(HITLESS) down --run-dir $(RUN_DIR); exit 1; }
 	$(HITLESS) upgrade --to $(TO) --config $(CONFIG) --run-dir $(RUN_DIR); rc=$$?; \
 	  $(HITLESS) status --config $(CONFIG) --run-dir $(RUN_DIR); \
-	  cp $(RUN_DIR)/transcript.yaml .cache/last-transcript.yaml 2>/dev/null; \
+	  cp $(RUN_DIR)/transcript.yaml .cache/last-transcript.yaml 2>/dev/null && \
+	    echo "transcript kept in .cache/last-transcript.yaml (the run directory goes with down)"; \
 	  $(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR); exit $$rc
 
 # Unit and snapshot tests (fast, no VMs), then the VM tests one at a time

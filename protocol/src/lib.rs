@@ -43,9 +43,11 @@ pub const WORK_PORT: u32 = 1025;
 /// TCP port the agents use to talk to each other over the inter-VM link.
 pub const LINK_PORT: u16 = 7100;
 /// Interval of [`LinkMsg::Heartbeat`] on an idle link.
-pub const HEARTBEAT_MS: u64 = 250;
-/// A link silent for this long is considered down.
-pub const LINK_TIMEOUT_MS: u64 = 2000;
+pub const HEARTBEAT_MS: u64 = 100;
+/// A link silent for this long is considered down: ten missed heartbeats, so a
+/// stalled TCG vCPU is tolerated, yet shorter than a reload (~3 s), so the
+/// survivor is already redialling when the reloaded peer starts listening.
+pub const LINK_TIMEOUT_MS: u64 = 1000;
 /// Updates a standby may have in flight and still count as current (synchronous replication under load).
 pub const CURRENT_LAG: u64 = 128;
 /// Longest accepted line, so a corrupt peer cannot exhaust memory.
