@@ -557,6 +557,16 @@ impl Testbed {
         out
     }
 
+    /// The processor whose agent reports itself active, if any.
+    pub async fn active(&self) -> Option<String> {
+        for n in self.names() {
+            if self.agent_status(&n).await.is_ok_and(|s| s.hello.role == Role::Active) {
+                return Some(n);
+            }
+        }
+        None
+    }
+
     /// Roles and versions as the agents report them (for the transcript).
     pub async fn pair_view(&self) -> Vec<ProcView> {
         let mut v = Vec::new();

@@ -114,15 +114,8 @@ pub async fn plan(tb: &Testbed, to: &str) -> Result<Plan, TestbedError> {
             tb.cfg.versions.keys().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
-    let names = tb.names();
-    let mut first = names[0].clone();
-    for n in &names {
-        if let Ok(s) = tb.agent_status(n).await {
-            if s.hello.role == Role::Active {
-                first = n.clone();
-            }
-        }
-    }
+    // Step 200 checks the roles; here the active simply plays P121.
+    let first = tb.active().await.unwrap_or_else(|| tb.names()[0].clone());
     let second = tb.peer_of(&first);
     Ok(Plan { from: tb.version_of(&first), to: to.to_string(), second, first, evaluation_ms: tb.cfg.evaluation_ms })
 }
@@ -470,7 +463,7 @@ impl Run<'_> {
                 self.tb.events.emit(Event::ServiceGap { step: label.clone(), gap_ms: gap });
                 gaps.push((label.clone(), gap));
             }
-            let active = self.active().await;
+            let active = self.tb.active().await;
             let units = match &active {
                 Some(a) => match self.tb.control(a, ControlRequest::Dump).await {
                     Ok(ControlReply::Dump { units, .. }) => units,
@@ -506,17 +499,6 @@ impl Run<'_> {
         self.tb.events.emit(Event::Outcome { result: result.into(), message: message.clone() });
         crate::transcript::write(self.tb, &self.plan);
         Report { end: result.into(), message, invariants, gaps, acked: history.acked().len() }
-    }
-
-    async fn active(&self) -> Option<String> {
-        for n in self.tb.names() {
-            if let Ok(s) = self.tb.agent_status(&n).await {
-                if s.hello.role == Role::Active {
-                    return Some(n);
-                }
-            }
-        }
-        None
     }
 
     /// Invariant 3: both in service, one active and one current standby, one version matching the outcome.
