@@ -13,13 +13,19 @@ use tokio::sync::mpsc;
 
 /// How often a dialling agent retries while the peer is down.
 const REDIAL: Duration = Duration::from_millis(100);
+/// One connection attempt. A peer that is down (rebooting) does not answer at
+/// all, and an unbounded connect would sit in the kernel's SYN back-off (1 s,
+/// 3 s, 7 s...) long after the peer is back; on the link a live peer answers
+/// in milliseconds.
+const DIAL_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Dial the peer forever, one connection at a time.
 pub async fn dial(agent: Arc<Agent>, peer: SocketAddr) {
     loop {
-        match TcpStream::connect(peer).await {
-            Ok(s) => run(agent.clone(), s).await,
-            Err(e) => tracing::debug!("dial {peer}: {e}"),
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(peer)).await {
+            Ok(Ok(s)) => run(agent.clone(), s).await,
+            Ok(Err(e)) => tracing::debug!("dial {peer}: {e}"),
+            Err(_) => tracing::debug!("dial {peer}: no answer within {DIAL_TIMEOUT:?}"),
         }
         tokio::time::sleep(REDIAL).await;
     }

@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let mg = median(&mut gaps);
     let maxg = gaps.iter().cloned().fold(0.0, f64::max);
     println!("accelerator                 {accel}");
-    println!("up -> both agents ready     median {:.2} s", median(&mut up));
+    println!("hitless up (boot, roles, step-up) median {:.2} s", median(&mut up));
     println!("boot -> agent ready (guest) median {mb:.2} s   target {target_boot:.1} s   ratio {:.1}x", mb / target_boot);
     println!("full upgrade 1.0.0 -> 2.0.0 median {mu:.2} s   target 10 s    ratio {:.2}x", mu / 10.0);
     println!("service gap per switchover  median {mg:.0} ms  max {maxg:.0} ms  target 50 ms  ratio {:.1}x", mg / 50.0);
