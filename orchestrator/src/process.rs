@@ -73,13 +73,52 @@ pub fn read_pid(pid_file: &Path) -> Option<u32> {
     std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
 }
 
-/// Whether `pid` is alive (not a zombie).
+/// Whether `pid` is still running; reaps it if it is our child and has exited.
 pub fn alive(pid: u32) -> bool {
-    // Reap it if it is our exited child, so it does not linger as a zombie.
-    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+        // Our child: waitpid is the authority. (/proc shows a multi-threaded
+        // process as a zombie as soon as its main thread exits, while other
+        // threads still run; trusting that left QEMUs unreaped.)
+        Ok(WaitStatus::StillAlive) => true,
+        Ok(_) => false,
+        // Not our child (started by an earlier `hitless` command): ask /proc;
+        // its zombie is reaped by init, so a zombie counts as gone.
+        Err(_) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        },
+    }
+}
+
+/// Our children that exited but were not reaped (should always be empty).
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&me.as_str()) {
+            out.extend(e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_helper_is_gone_and_reaped() {
+        let d = tempfile::tempdir().unwrap();
+        let h = spawn(Path::new("/bin/sleep"), &["30".into()], &d.path().join("log"), &d.path().join("pid")).unwrap();
+        assert!(alive(h.pid));
+        stop_pid_file(&h.pid_file, Duration::from_secs(2));
+        assert!(!alive(h.pid));
+        assert!(!zombie_children().contains(&h.pid));
+        assert!(!h.pid_file.exists());
     }
 }
 

@@ -46,6 +46,8 @@ async fn pair_boots_sees_itself_and_goes_down_clean() {
     assert!(pids.iter().all(|p| process::alive(*p)));
     let stopped = testbed::down(&guard.run, &Events::new());
     assert_eq!(stopped, 4);
+    // Before anything here calls alive() (which reaps): down itself must have reaped.
+    assert_eq!(process::zombie_children(), Vec::<u32>::new(), "down left unreaped children");
     assert!(pids.iter().all(|p| !process::alive(*p)), "a process outlived down");
     assert!(!guard.run.root.exists(), "run directory left behind");
     assert_eq!(testbed::down(&guard.run, &Events::new()), 0, "down is idempotent");
