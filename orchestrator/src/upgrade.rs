@@ -338,11 +338,14 @@ impl Run<'_> {
     /// Make `new` active in place of `old` (old becomes standby), recording the switchover window.
     async fn switch_over(&mut self, old: &str, new: &str, label: &str) -> Result<(), TestbedError> {
         let t0 = self.now();
-        if self.tb.qemu_alive(old).is_some() {
-            self.tb.set_role(old, Role::Standby).await?;
-        } else {
+        if self.tb.qemu_alive(old).is_none() {
             // It died on its own (e.g. the new version crashed): that ends its role.
             self.tb.events.emit(Event::ProcessorStopped { processor: old.into(), how: "crashed (VM exited)".into() });
+        } else if let Err(e) = self.tb.set_role(old, Role::Standby).await {
+            // It does not obey (its agent died while its VM is still going down, or it
+            // refused): fence it — stop its VM — before anything else becomes active.
+            self.tb.events.progress(format!("{old} did not step down ({e}); fencing it by stopping its VM"));
+            self.tb.stop_processor(old).await;
         }
         self.tb.set_role(new, Role::Active).await?;
         let t1 = self.now();
@@ -430,10 +433,7 @@ impl Run<'_> {
                     self.tb.set_role(&o, Role::Standby).await?;
                     self.tb.wait_standby_current(&o).await?;
                 }
-                self.switch_over(&other, &o, "204-fallback").await.or_else(|e| {
-                    // The other side may be dead (crashed): then o just takes over.
-                    if self.tb.qemu_alive(&other).is_none() { Ok(()) } else { Err(e) }
-                })?;
+                self.switch_over(&other, &o, "204-fallback").await?;
             }
             if self.tb.version_of(&other) != from || self.tb.qemu_alive(&other).is_none() {
                 self.tb.set_role(&other, Role::OutOfService).await.ok();
