@@ -3,7 +3,7 @@
 //! standby to register) and as standby (applying, gap detection). Network
 //! tasks call into [`Agent`]; it never blocks on I/O while holding its lock.
 
-use crate::build;
+use crate::build::{Build, Flaw};
 use crate::db::Database;
 use crate::roles::{self, Facts, RoleError};
 use hitless_protocol::{
@@ -61,10 +61,13 @@ struct Core {
 /// One processor's agent.
 pub struct Agent {
     name: String,
+    build: Build,
     supported: FeatureSet,
     started: Instant,
     core: Mutex<Core>,
     changed: Notify,
+    /// Fires when a deliberately crashing build decides to exit.
+    crashed: std::sync::Arc<Notify>,
 }
 
 /// What the link reader should do after a message.
@@ -76,11 +79,12 @@ pub enum LinkAction {
 }
 
 impl Agent {
-    /// A new agent, out of service, with an empty database.
-    pub fn new(name: String) -> Self {
+    /// A new agent of `build`, out of service, with an empty database.
+    pub fn new(name: String, build: Build) -> Self {
         Agent {
             name,
-            supported: build::supported(),
+            supported: build.features.clone(),
+            build,
             started: Instant::now(),
             core: Mutex::new(Core {
                 role: Role::OutOfService,
@@ -101,7 +105,18 @@ impl Agent {
                 errors: 0,
             }),
             changed: Notify::new(),
+            crashed: Default::default(),
         }
+    }
+
+    /// The build this agent runs.
+    pub fn build(&self) -> &Build {
+        &self.build
+    }
+
+    /// Resolves when a deliberately crashing build (test image) exits; never otherwise.
+    pub async fn crashed(&self) {
+        self.crashed.notified().await
     }
 
     /// Features this build supports.
@@ -118,7 +133,7 @@ impl Agent {
         Hello {
             proto: PROTOCOL_VERSION,
             name: self.name.clone(),
-            version: build::VERSION.to_string(),
+            version: self.build.version.clone(),
             supported: self.supported.clone(),
             enabled: c.enabled.clone(),
             role: c.role,
@@ -142,13 +157,13 @@ impl Agent {
                 "feature `{f}` is enabled on peer {} ({}), but this processor runs {}, which does not support it",
                 peer.name,
                 peer.version,
-                build::VERSION
+                self.build.version
             ));
         }
         if let Some(f) = c.enabled.iter().find(|f| !peer.supported.contains(*f)) {
             return Some(format!(
                 "feature `{f}` is enabled on this processor ({}), but peer {} runs {}, which does not support it",
-                build::VERSION,
+                self.build.version,
                 peer.name,
                 peer.version
             ));
@@ -207,6 +222,17 @@ impl Agent {
         Self::send_peer(c, msg);
     }
 
+    /// The deliberate flaw of the `crash` test image: exit shortly after becoming active.
+    fn crash_soon(&self) {
+        let crashed = self.crashed.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            eprintln!("hitless-agent: deliberate crash (test image 2.0.0-crash)");
+            // A permit is stored if nobody waits yet, so the crash is never missed.
+            crashed.notify_one();
+        });
+    }
+
     /// Apply a host role command.
     pub fn set_role(&self, to: Role, epoch: u64) -> Result<(Role, u64), RoleError> {
         let mut c = self.lock();
@@ -223,12 +249,8 @@ impl Agent {
                 Role::Active => {
                     c.standby_attached = false;
                     c.registered = None;
-                    if build::FLAW == Some(build::Flaw::Crash) {
-                        tokio::spawn(async {
-                            tokio::time::sleep(Duration::from_millis(800)).await;
-                            eprintln!("hitless-agent: deliberate crash (test image 2.0.0-crash)");
-                            std::process::exit(70);
-                        });
+                    if self.build.flaw == Some(Flaw::Crash) {
+                        self.crash_soon();
                     }
                 }
                 Role::Standby | Role::OutOfService => {
@@ -295,7 +317,7 @@ impl Agent {
             return Ok(());
         }
         if !self.supported.contains(feature) {
-            return Err(format!("this processor runs {}, which does not support feature `{feature}`", build::VERSION));
+            return Err(format!("this processor runs {}, which does not support feature `{feature}`", self.build.version));
         }
         let peer = c.peer.as_ref().and_then(|p| p.hello.clone());
         match peer {
@@ -564,7 +586,7 @@ impl Agent {
             ),
             _ => check(true, "no standby attached (simplex)".into(), String::new()),
         }
-        if build::FLAW == Some(build::Flaw::BadEval) {
+        if self.build.flaw == Some(Flaw::BadEval) {
             check(false, String::new(), "self-test failed: this build (test image 2.0.0-bad-eval) is deliberately flawed".into());
         }
         let ok = checks.iter().all(|(g, _)| *g);
@@ -573,3 +595,6 @@ impl Agent {
         Evaluation { acceptable: ok, reasons, failed }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -32,11 +32,23 @@ pub struct Settings {
     pub link_listen: SocketAddr,
     /// The peer's link address, when this side dials.
     pub dial: Option<SocketAddr>,
+    /// Version, features and flaw ([`build::Build::compiled`] in a guest).
+    pub build: build::Build,
 }
 
-/// Run the agent until the process is stopped.
-pub async fn run(s: Settings) -> std::io::Result<()> {
-    let agent = Arc::new(agent::Agent::new(s.name.clone()));
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A deliberately crashing test build exited (the guest binary exits with code 70).
+    Crashed,
+}
+
+/// Run the agent until the process is stopped, or until a crashing test
+/// build crashes. Its tasks live on the caller's runtime: dropping that
+/// runtime is what stops them (the simulated pair runs each agent on its own).
+pub async fn run(s: Settings) -> std::io::Result<Exit> {
+    let version = s.build.version.clone();
+    let agent = Arc::new(agent::Agent::new(s.name.clone(), s.build));
     let control = Listener::bind(&s.control).await?;
     let work = Listener::bind(&s.work).await?;
     let link = tokio::net::TcpListener::bind(s.link_listen).await?;
@@ -46,7 +58,14 @@ pub async fn run(s: Settings) -> std::io::Result<()> {
     }
     tokio::spawn(service::serve_forever(work, agent.clone(), service::work));
     // The host waits for this line on the serial console when debugging boots.
-    println!("hitless-agent {} ({}) listening", build::VERSION, s.name);
-    service::serve_forever(control, agent, service::control).await;
-    Ok(())
+    println!("hitless-agent {version} ({}) listening", s.name);
+    tokio::select! {
+        () = service::serve_forever(control, agent.clone(), service::control) => unreachable_serve(),
+        () = agent.crashed() => Ok(Exit::Crashed),
+    }
+}
+
+/// `serve_forever` only returns if its accept loop cannot go on.
+fn unreachable_serve() -> std::io::Result<Exit> {
+    Err(std::io::Error::other("control service stopped accepting connections"))
 }

@@ -3,7 +3,7 @@
 //! as flags and it listens on TCP.
 
 use clap::Parser;
-use hitless_agent::{build, guest, Settings};
+use hitless_agent::{build::{self, Build}, guest, Exit, Settings};
 use hitless_protocol::{CONTROL_PORT, LINK_PORT, WORK_PORT};
 use std::net::{Ipv6Addr, SocketAddr};
 
@@ -42,13 +42,13 @@ fn settings(a: &Args) -> Result<Settings, String> {
     } else {
         (a.name.clone().ok_or("--name or --from-cmdline is required")?, a.dial)
     };
-    Ok(Settings { name, control: a.control.parse()?, work: a.work.parse()?, link_listen: a.link_listen, dial })
+    Ok(Settings { name, control: a.control.parse()?, work: a.work.parse()?, link_listen: a.link_listen, dial, build: Build::compiled() })
 }
 
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
     if a.manifest {
-        match serde_json::to_string(&build::manifest()) {
+        match serde_json::to_string(&Build::compiled()) {
             Ok(m) => println!("{m}"),
             Err(e) => {
                 eprintln!("hitless-agent: {e}");
@@ -78,7 +78,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match rt.block_on(hitless_agent::run(s)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Exit::Crashed) => std::process::ExitCode::from(70),
         Err(e) => {
             eprintln!("hitless-agent: {e}");
             std::process::ExitCode::FAILURE

@@ -33,6 +33,7 @@ fn spawn_pair() -> [HostAgent; 2] {
             link_listen: link[i],
             // As in the guests, the second processor dials the first.
             dial: (i == 1).then_some(link[0]),
+            build: hitless_agent::build::Build::compiled(),
         };
         tokio::spawn(hitless_agent::run(settings));
         out.push(HostAgent { name: name.into(), channel: Channel::Tcp { control, work } });

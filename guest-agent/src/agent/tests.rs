@@ -1,0 +1,201 @@
+//! Step-up and gap handling between two agents joined by an in-memory link
+//! that can lose messages: what the link tasks do, minus the sockets.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use hitless_protocol::{Operation, WorkReply, WorkRequest};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+fn v1() -> Build {
+    let none: [&str; 0] = [];
+    Build::from_cargo_features(&none)
+}
+
+/// p121 (will be active) and p122 (will be standby), linked both ways.
+struct Wire {
+    a: Agent,
+    b: Agent,
+    to_b: UnboundedReceiver<LinkMsg>,
+    to_a: UnboundedReceiver<LinkMsg>,
+    replies: UnboundedReceiver<WorkReply>,
+    reply_tx: ReplyTx,
+}
+
+impl Wire {
+    fn new() -> Wire {
+        let (a, b) = (Agent::new("p121".into(), v1()), Agent::new("p122".into(), v1()));
+        let (ta, to_b) = unbounded_channel();
+        let (tb, to_a) = unbounded_channel();
+        a.link_up(ta);
+        b.link_up(tb);
+        let (reply_tx, replies) = unbounded_channel();
+        let mut w = Wire { a, b, to_b, to_a, replies, reply_tx };
+        w.pump(|_| false);
+        w
+    }
+
+    /// Deliver queued messages both ways until the link is quiet; messages
+    /// from the active for which `lose` says true never arrive. Returns what
+    /// reached the standby.
+    fn pump(&mut self, mut lose: impl FnMut(&LinkMsg) -> bool) -> Vec<LinkMsg> {
+        let mut delivered = Vec::new();
+        loop {
+            let mut moved = false;
+            while let Ok(m) = self.to_b.try_recv() {
+                moved = true;
+                if lose(&m) {
+                    continue;
+                }
+                delivered.push(m.clone());
+                // The link reader answers registrations for the standby.
+                if let LinkAction::Registered(generation, seq) = self.b.on_link(m) {
+                    self.a.on_link(LinkMsg::Registered { generation, seq });
+                }
+            }
+            while let Ok(m) = self.to_a.try_recv() {
+                moved = true;
+                self.a.on_link(m);
+            }
+            if !moved {
+                return delivered;
+            }
+        }
+    }
+
+    /// p121 active, p122 standby after its step-up.
+    fn paired() -> Wire {
+        let mut w = Wire::new();
+        w.a.set_role(Role::Active, 1).unwrap();
+        w.b.set_role(Role::Standby, 2).unwrap();
+        w.pump(|_| false);
+        assert!(w.b.status().replication.synced);
+        w
+    }
+
+    fn open(&self, n: u32) {
+        let req = WorkRequest { id: format!("w{n}"), op: Operation::Open { unit: format!("u{n}"), fields: Default::default() } };
+        self.a.work(req, &self.reply_tx);
+    }
+
+    fn acks(&mut self) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.replies.try_recv() {
+            match r {
+                WorkReply::Ack { id, registered, .. } => out.push((id, registered)),
+                other => panic!("{other:?}"),
+            }
+        }
+        out
+    }
+
+    fn same_state(&self) -> bool {
+        self.a.dump() == self.b.dump()
+    }
+}
+
+#[test]
+fn step_up_carries_all_state_then_each_ack_waits_for_registration() {
+    let mut w = Wire::new();
+    w.a.set_role(Role::Active, 1).unwrap();
+    // Simplex: acked at once, not registered.
+    w.open(1);
+    w.open(2);
+    assert_eq!(w.acks(), [("w1".into(), false), ("w2".into(), false)]);
+
+    w.b.set_role(Role::Standby, 2).unwrap();
+    let got = w.pump(|_| false);
+    assert!(matches!(&got[..], [.., LinkMsg::StepUp { generation: 1, seq: 2, units }] if units.len() == 2), "{got:?}");
+    assert!(w.b.status().replication.synced && w.same_state());
+
+    // Synchronous: no ack until the standby registered the update.
+    w.open(3);
+    assert!(w.acks().is_empty());
+    assert_eq!(w.a.status().replication.lag, 1);
+    let got = w.pump(|_| false);
+    assert!(matches!(&got[..], [LinkMsg::Update { generation: 1, seq: 3, .. }]), "{got:?}");
+    assert_eq!(w.acks(), [("w3".into(), true)]);
+    assert_eq!(w.a.status().replication.lag, 0);
+    assert!(w.same_state());
+}
+
+#[test]
+fn a_lost_update_is_a_gap_and_the_standby_gets_a_fresh_step_up() {
+    let mut w = Wire::paired();
+    for n in 1..=3 {
+        w.open(n);
+    }
+    let mut first = true;
+    let got = w.pump(|m| matches!(m, LinkMsg::Update { .. }) && std::mem::take(&mut first));
+    // Update 2 arrives without 1: the standby asks for a resync and the active
+    // sends a new generation's step-up instead of the standby diverging.
+    assert!(got.iter().any(|m| matches!(m, LinkMsg::StepUp { generation: 2, seq: 3, .. })), "{got:?}");
+    let s = w.b.status();
+    assert!(s.replication.synced && s.replication.generation == 2, "{s:?}");
+    assert_eq!(s.replication.stepups, 2);
+    assert!(w.same_state());
+    // Everything was registered by the second step-up, so every ack says so.
+    assert_eq!(w.acks().iter().filter(|(_, registered)| *registered).count(), 3);
+}
+
+#[test]
+fn a_standby_that_cannot_apply_an_update_asks_for_a_resync_too() {
+    let mut w = Wire::paired();
+    // An update the standby cannot apply (closing a unit it never saw).
+    let generation = w.b.status().replication.generation;
+    let bad = WorkRequest { id: "x".into(), op: Operation::Close { unit: "nope".into() } };
+    w.b.on_link(LinkMsg::Update { generation, seq: 1, request: bad });
+    assert!(!w.b.status().replication.synced);
+    let got = w.pump(|_| false);
+    assert!(got.iter().any(|m| matches!(m, LinkMsg::StepUp { generation: 2, .. })), "{got:?}");
+    assert!(w.b.status().replication.synced && w.same_state());
+    assert_eq!(w.b.status().errors, 1);
+}
+
+#[test]
+fn updates_and_registrations_of_an_old_generation_are_ignored() {
+    let mut w = Wire::paired();
+    w.a.on_link(LinkMsg::Resync { reason: "test".into() });
+    w.pump(|_| false);
+    assert_eq!(w.b.status().replication.generation, 2);
+    // A late update of generation 1 is not applied...
+    let old = WorkRequest { id: "late".into(), op: Operation::Open { unit: "late".into(), fields: Default::default() } };
+    assert!(matches!(w.b.on_link(LinkMsg::Update { generation: 1, seq: 1, request: old }), LinkAction::None));
+    assert!(w.same_state());
+    // ...and a registration of generation 1 does not release a generation-2 ack.
+    w.open(1);
+    w.a.on_link(LinkMsg::Registered { generation: 1, seq: 1 });
+    assert!(w.acks().is_empty());
+    w.pump(|_| false);
+    assert_eq!(w.acks(), [("w1".into(), true)]);
+}
+
+#[test]
+fn a_restarted_standby_is_stepped_up_again_and_pending_work_goes_simplex() {
+    let mut w = Wire::paired();
+    w.open(1);
+    w.pump(|_| false);
+    // The standby's link drops with an update in flight: the active releases it unregistered.
+    w.open(2);
+    w.a.link_down(1_000_000, "not this connection");
+    assert!(w.acks().iter().all(|(id, _)| id == "w1"));
+    let conn = w.a.link_up(unbounded_channel().0);
+    w.a.link_down(conn, "standby restarted");
+    assert_eq!(w.acks(), [("w2".into(), false)]);
+    assert!(w.a.status().replication.simplex);
+
+    // It comes back empty (a reload): a full step-up brings it all.
+    let b = Agent::new("p122".into(), v1());
+    let (tb, to_a) = unbounded_channel();
+    let (ta, to_b) = unbounded_channel();
+    w.a.link_up(ta);
+    b.link_up(tb);
+    w.b = b;
+    w.to_a = to_a;
+    w.to_b = to_b;
+    w.pump(|_| false);
+    w.b.set_role(Role::Standby, 3).unwrap();
+    let got = w.pump(|_| false);
+    assert!(got.iter().any(|m| matches!(m, LinkMsg::StepUp { seq: 2, units, .. } if units.len() == 2)), "{got:?}");
+    assert!(w.same_state());
+    assert!(!w.a.status().replication.simplex);
+}
