@@ -16,6 +16,7 @@
 //! | [`procedure`] | Fig. 6 as a state machine: the transition table |
 //! | [`upgrade`] | executing the procedure on the pair, journal, fallback, rollback |
 //! | [`workload`] | the client that submits work units during the upgrade |
+//! | [`load`] | the throughput and ack-latency probe of `make bench` |
 //! | [`history`] | invariant checks on the history and the final state |
 //! | [`transcript`] | the YAML record of a run |
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod config;
 pub mod events;
 pub mod history;
 pub mod images;
+pub mod load;
 pub mod procedure;
 pub mod process;
 pub mod qemu;

@@ -105,23 +105,6 @@ pub fn zombie_children() -> Vec<u32> {
     out
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stopped_helper_is_gone_and_reaped() {
-        let d = tempfile::tempdir().unwrap();
-        let h = spawn(Path::new("/bin/sleep"), &["30".into()], &d.path().join("log"), &d.path().join("pid")).unwrap();
-        assert!(alive(h.pid));
-        stop_pid_file(&h.pid_file, Duration::from_secs(2));
-        assert!(!alive(h.pid));
-        assert!(!zombie_children().contains(&h.pid));
-        assert!(!h.pid_file.exists());
-    }
-}
-
 /// Wait up to `timeout` for `pid` to exit.
 pub fn wait_exit(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -160,4 +143,21 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_helper_is_gone_and_reaped() {
+        let d = tempfile::tempdir().unwrap();
+        let h = spawn(Path::new("/bin/sleep"), &["30".into()], &d.path().join("log"), &d.path().join("pid")).unwrap();
+        assert!(alive(h.pid));
+        stop_pid_file(&h.pid_file, Duration::from_secs(2));
+        assert!(!alive(h.pid));
+        assert!(!zombie_children().contains(&h.pid));
+        assert!(!h.pid_file.exists());
+    }
 }

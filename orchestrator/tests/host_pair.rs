@@ -110,3 +110,27 @@ async fn switchover_under_load_loses_nothing_and_stale_epochs_are_refused() {
     until("the standby to register the last update", async || dump(&a).await.0 == seq_b).await;
     assert_eq!(dump(&a).await.1, units_b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_probe_counts_only_acks_the_standby_registered() {
+    let [a, b] = spawn_pair();
+    until("the link", async || status(&b).await.peer.is_some_and(|p| p.connected)).await;
+    set_role(&a, Role::Active, 1).await;
+    set_role(&b, Role::Standby, 2).await;
+    until("the step-up", async || status(&b).await.replication.synced).await;
+
+    let f = hitless::load::measure(&a.channel, 2, 8, Duration::from_millis(400)).await.unwrap();
+    assert!(f.registered > 50, "{f:?}");
+    assert_eq!((f.simplex, f.refused), (0, 0));
+    assert_eq!(f.latencies_us.len() as u64, f.registered);
+    assert!(f.latency_ms(0.99) >= f.latency_ms(0.5));
+    // Every ack was registered first, so the standby holds all of it.
+    let (seq, units) = dump(&a).await;
+    assert_eq!(seq, f.registered);
+    assert_eq!(dump(&b).await, (seq, units));
+
+    // The standby is not the active: the probe sees refusals, not acks.
+    let f = hitless::load::measure(&b.channel, 1, 4, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(f.registered + f.simplex, 0);
+    assert!(f.refused > 0);
+}

@@ -1,0 +1,151 @@
+//! The load probe behind `make bench`'s replication figures: as many work
+//! units as the active will acknowledge, over several pipelined connections,
+//! for a fixed time, timing each request from send to ack. Unlike
+//! [`crate::workload`] it does not follow switchovers: it measures a steady
+//! pair, so every ack it counts must be registered by the standby.
+
+use crate::channel::{Channel, ChannelError};
+use hitless_protocol::{from_line, to_line, Operation, WorkReply, WorkRequest, WORK_PORT};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// What the probe measured.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// Acks whose update the standby registered first.
+    pub registered: u64,
+    /// Acks without a standby (simplex) — zero on a healthy pair.
+    pub simplex: u64,
+    /// Answers other than an ack (rejections, "not active").
+    pub refused: u64,
+    /// Measurement time.
+    pub elapsed: Duration,
+    /// Send-to-ack time of every acked request, in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+}
+
+impl Figures {
+    /// Registered acks per second.
+    pub fn per_second(&self) -> f64 {
+        self.registered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q`-quantile (0..=1) of the ack latency, in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        let v = &self.latencies_us;
+        if v.is_empty() {
+            return 0.0;
+        }
+        let i = ((v.len() - 1) as f64 * q).round() as usize;
+        v[i.min(v.len() - 1)] as f64 / 1000.0
+    }
+
+    /// Merge another measurement taken at the same time (another connection).
+    fn add(&mut self, o: Figures) {
+        self.registered += o.registered;
+        self.simplex += o.simplex;
+        self.refused += o.refused;
+        self.latencies_us.extend(o.latencies_us);
+    }
+}
+
+/// Drive the active behind `ch` for `duration` with `connections` connections,
+/// each keeping `window` requests in flight.
+pub async fn measure(ch: &Channel, connections: usize, window: usize, duration: Duration) -> Result<Figures, ChannelError> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..connections {
+        let stream = ch.connect(WORK_PORT).await?;
+        tasks.spawn(one_connection(stream, format!("load{c}"), window, start + duration));
+    }
+    let mut total = Figures::default();
+    while let Some(r) = tasks.join_next().await {
+        total.add(r.map_err(|e| ChannelError::Io(std::io::Error::other(e)))??);
+    }
+    total.elapsed = start.elapsed();
+    total.latencies_us.sort_unstable();
+    Ok(total)
+}
+
+/// Open, update, close cycles of units named after `prefix`.
+fn request(prefix: &str, n: u64) -> WorkRequest {
+    let unit = format!("{prefix}-u{}", n / 3);
+    let op = match n % 3 {
+        0 => Operation::Open { unit, fields: Default::default() },
+        1 => Operation::Update { unit, fields: [("state".to_string(), "connected".to_string())].into() },
+        _ => Operation::Close { unit },
+    };
+    WorkRequest { id: format!("{prefix}-w{n}"), op }
+}
+
+async fn one_connection(
+    stream: Box<dyn crate::channel::Stream>,
+    prefix: String,
+    window: usize,
+    until: Instant,
+) -> Result<Figures, ChannelError> {
+    let (r, mut w) = tokio::io::split(stream);
+    let mut reader = BufReader::new(r);
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut f = Figures::default();
+    let mut n = 0;
+    let mut line = Vec::new();
+    loop {
+        if Instant::now() < until {
+            let mut batch = Vec::new();
+            while sent.len() < window {
+                let req = request(&prefix, n);
+                n += 1;
+                batch.extend(to_line(&req)?);
+                sent.insert(req.id, Instant::now());
+            }
+            if !batch.is_empty() {
+                w.write_all(&batch).await?;
+            }
+        }
+        if sent.is_empty() {
+            return Ok(f);
+        }
+        line.clear();
+        // Bounded: a pair that stops answering ends the probe with an error.
+        let got = tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line))
+            .await
+            .map_err(|_| ChannelError::Timeout(Duration::from_secs(5)))??;
+        if got == 0 {
+            return Err(ChannelError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        let reply: WorkReply = from_line(&line)?;
+        let Some(t) = sent.remove(reply.id()) else { continue };
+        match reply {
+            WorkReply::Ack { registered, .. } => {
+                f.latencies_us.push(t.elapsed().as_micros() as u64);
+                if registered {
+                    f.registered += 1;
+                } else {
+                    f.simplex += 1;
+                }
+            }
+            WorkReply::NotActive { .. } | WorkReply::Rejected { .. } => f.refused += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_sorted_latencies() {
+        let f = Figures { latencies_us: (1..=100).map(|i| i * 1000).collect(), ..Figures::default() };
+        assert_eq!(f.latency_ms(0.5), 51.0);
+        assert_eq!(f.latency_ms(0.99), 99.0);
+        assert_eq!(Figures::default().latency_ms(0.99), 0.0);
+    }
+
+    #[test]
+    fn units_cycle_open_update_close() {
+        assert!(matches!(request("c", 3).op, Operation::Open { ref unit, .. } if unit == "c-u1"));
+        assert!(matches!(request("c", 5).op, Operation::Close { .. }));
+    }
+}
