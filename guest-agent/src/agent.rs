@@ -197,6 +197,19 @@ impl Agent {
         }
     }
 
+    /// Answer every unregistered (so never acked) work unit "not active", so
+    /// clients retry elsewhere; returns how many there were.
+    fn refuse_pending(c: &mut Core) -> usize {
+        let mut n = 0;
+        for (_, list) in std::mem::take(&mut c.pending) {
+            for p in list {
+                n += 1;
+                let _ = p.tx.send(WorkReply::NotActive { id: p.id, role: c.role, active: None });
+            }
+        }
+        n
+    }
+
     fn detach_standby(c: &mut Core) {
         if c.standby_attached {
             tracing::info!("standby detached; running simplex");
@@ -297,13 +310,7 @@ impl Agent {
             return Ok(());
         }
         let mut c = self.lock();
-        let n: usize = c.pending.values().map(Vec::len).sum();
-        // Unregistered work units were never acked: answer "not active" so clients retry elsewhere.
-        for (_, list) in std::mem::take(&mut c.pending) {
-            for p in list {
-                let _ = p.tx.send(WorkReply::NotActive { id: p.id, role: c.role, active: None });
-            }
-        }
+        let n = Self::refuse_pending(&mut c);
         if n == 0 {
             return Ok(());
         }
@@ -415,6 +422,10 @@ impl Agent {
             c.peer = None;
             if c.role == Role::Active {
                 Self::detach_standby(&mut c);
+            } else {
+                // A demoted active still flushing: nothing in flight can be registered
+                // now, and none of it was acked; clients retry at the new active.
+                Self::refuse_pending(&mut c);
             }
             self.changed.notify_waiters();
         }

@@ -65,9 +65,10 @@ async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
         ControlRequest::Status => ControlReply::Status(Box::new(agent.status())),
         ControlRequest::SetRole { role, epoch } => {
             let was_active = agent.hello().role == Role::Active;
-            if role == Role::Standby {
+            if role == Role::Standby && !was_active {
                 // Whether this processor may pair depends on the peer's hello (versions,
-                // enabled features): after a reload it may still be on its way.
+                // enabled features): after a reload it may still be on its way. A demoted
+                // active already knows its peer, or has none (it died): no waiting then.
                 agent.wait_peer(PEER_WAIT).await;
             }
             match agent.set_role(role, epoch) {

@@ -14,6 +14,8 @@ pub enum Accel {
     Kvm,
     /// Software emulation.
     Tcg,
+    /// No VM: the simulated pair's processors run in-process ([`crate::sim`]).
+    Simulated,
 }
 
 impl std::fmt::Display for Accel {
@@ -21,6 +23,7 @@ impl std::fmt::Display for Accel {
         f.write_str(match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
+            Accel::Simulated => "none (simulated pair)",
         })
     }
 }

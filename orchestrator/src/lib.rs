@@ -12,6 +12,7 @@
 //! | [`channel`] | the vsock channel to each guest agent |
 //! | [`rundir`] | the run directory: sockets, logs, state, journal |
 //! | [`testbed`] | up, attach, reload, status, down |
+//! | [`sim`] | the simulated pair: real agents in-process, no VMs |
 //! | [`events`] | the one event stream behind terminal and transcript |
 //! | [`procedure`] | Fig. 6 as a state machine: the transition table |
 //! | [`upgrade`] | executing the procedure on the pair, journal, fallback, rollback |
@@ -33,6 +34,7 @@ pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod rundir;
+pub mod sim;
 pub mod testbed;
 pub mod transcript;
 pub mod upgrade;

@@ -20,6 +20,8 @@ pub enum VsockKind {
     Kernel,
     /// Userspace vhost-device-vsock.
     User,
+    /// No vsock: loopback TCP to the simulated pair's in-process agents.
+    Tcp,
 }
 
 /// What `hitless up` leaves for later commands.

@@ -12,7 +12,9 @@ use crate::process;
 use crate::qemu::{self, MachineSpec, VsockDevice};
 use crate::qmp::{AppDisk, Qmp};
 use crate::rundir::{ProcState, RunDir, State, VsockKind};
-use hitless_protocol::{ControlReply, ControlRequest, Hello, Role, Status};
+use crate::sim::SimPair;
+use hitless_agent::build::Build;
+use hitless_protocol::{ControlReply, ControlRequest, FeatureSet, Hello, Role, Status};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -105,7 +107,7 @@ pub struct Timeouts {
 impl Timeouts {
     /// Timeouts for `accel`.
     pub fn for_accel(accel: Accel) -> Self {
-        let k = if accel == Accel::Kvm { 1 } else { 3 };
+        let k = if accel == Accel::Tcg { 3 } else { 1 };
         Timeouts { boot: Duration::from_secs(20 * k), request: Duration::from_secs(10 * k), stepup: Duration::from_secs(10 * k) }
     }
 }
@@ -134,6 +136,25 @@ struct Boot {
     serial_offset: u64,
 }
 
+/// Where the processors run.
+enum Machines {
+    /// QEMU guests booting this image.
+    Qemu(BootImage),
+    /// Agents in this process ([`crate::sim`]).
+    Sim(std::sync::Arc<SimPair>),
+}
+
+/// What a version of the config is, as far as the procedure cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// The version the agent reports.
+    pub version: String,
+    /// Its app image (for the simulated pair: what runs instead).
+    pub image: String,
+    /// Features it supports (new ones are disabled until step 207).
+    pub features: FeatureSet,
+}
+
 /// The running pair.
 pub struct Testbed {
     /// Configuration.
@@ -142,14 +163,32 @@ pub struct Testbed {
     pub run: RunDir,
     /// Recorded state.
     pub state: State,
-    /// Boot image.
-    pub boot: BootImage,
+    /// QEMU guests or the simulated pair.
+    machines: Machines,
     /// Event stream.
     pub events: Events,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// App images resolved so far: resolving runs cargo and the agent, so do it once per version.
     apps: std::sync::Mutex<BTreeMap<String, AppImage>>,
+}
+
+impl State {
+    /// A new testbed's state: every processor on the initial version, epoch 0.
+    fn initial(cfg: &Config, accel: Accel, accel_reason: String, vsock: VsockKind) -> State {
+        State {
+            config: cfg.file.canonicalize().unwrap_or_else(|_| cfg.file.clone()),
+            accel,
+            accel_reason,
+            vsock,
+            epoch: 0,
+            processors: cfg
+                .processors
+                .iter()
+                .map(|p| ProcState { name: p.name.clone(), version: cfg.initial_version.clone(), boots: 0 })
+                .collect(),
+        }
+    }
 }
 
 /// Is a usable QEMU there?
@@ -203,19 +242,9 @@ impl Testbed {
         }
         events.progress("building images (cached by content)");
         let boot = images::boot_image(&cfg)?;
-        let state = State {
-            config: cfg.file.canonicalize().unwrap_or_else(|_| cfg.file.clone()),
-            accel,
-            accel_reason: reason.clone(),
-            vsock,
-            epoch: 0,
-            processors: cfg
-                .processors
-                .iter()
-                .map(|p| ProcState { name: p.name.clone(), version: cfg.initial_version.clone(), boots: 0 })
-                .collect(),
-        };
-        let mut tb = Testbed { timeouts: Timeouts::for_accel(accel), cfg, run, state, boot, events, apps: Default::default() };
+        let state = State::initial(&cfg, accel, reason.clone(), vsock);
+        let mut tb =
+            Testbed { timeouts: Timeouts::for_accel(accel), cfg, run, state, machines: Machines::Qemu(boot), events, apps: Default::default() };
         // The initial version's image, before anything is created or started.
         let initial = tb.cfg.initial_version.clone();
         tb.app(&initial)?;
@@ -231,6 +260,70 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// The simulated pair ([`crate::sim`]) brought to step 200 like [`Testbed::up`]:
+    /// the same orchestration, journal and transcript, with in-process agents for VMs.
+    pub async fn simulated(cfg: Config, run: RunDir, events: Events) -> Result<Testbed, TestbedError> {
+        let sim = SimPair::new(&cfg.processors.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
+            .map_err(|e| TestbedError::Environment(format!("simulated pair: {e}")))?;
+        let reason = "simulated pair: agents in this process over loopback TCP".to_string();
+        let state = State::initial(&cfg, Accel::Simulated, reason.clone(), VsockKind::Tcp);
+        let mut tb = Testbed {
+            timeouts: Timeouts::for_accel(Accel::Simulated),
+            cfg,
+            run,
+            state,
+            machines: Machines::Sim(std::sync::Arc::new(sim)),
+            events,
+            apps: Default::default(),
+        };
+        tb.sim_build(&tb.cfg.initial_version.clone())?;
+        std::fs::create_dir_all(&tb.run.root).map_err(file_err(&tb.run.root))?;
+        tb.save()?;
+        tb.events.emit(Event::Accelerator { accel: Accel::Simulated.to_string(), reason });
+        tb.bring_up().await?;
+        Ok(tb)
+    }
+
+    /// The simulated pair behind this testbed, if it is one (tests inject faults through it).
+    pub fn simulated_pair(&self) -> Option<std::sync::Arc<SimPair>> {
+        match &self.machines {
+            Machines::Sim(s) => Some(s.clone()),
+            Machines::Qemu(_) => None,
+        }
+    }
+
+    /// The agent build a version of the config stands for, when it runs in-process.
+    fn sim_build(&self, version: &str) -> Result<Build, TestbedError> {
+        match self.cfg.versions.get(version) {
+            Some(crate::config::Version::Build { features, .. }) => Ok(Build::from_cargo_features(features)),
+            Some(crate::config::Version::Prebuilt { agent, .. }) => Err(TestbedError::Environment(format!(
+                "version {version} is a prebuilt agent ({}); the simulated pair runs only versions built from this workspace",
+                agent.display()
+            ))),
+            None => Err(TestbedError::Environment(format!("version {version} is not in {}", self.cfg.file.display()))),
+        }
+    }
+
+    /// What `version` is: built (or looked up) once per testbed.
+    pub fn version_info(&self, version: &str) -> Result<VersionInfo, TestbedError> {
+        match &self.machines {
+            Machines::Qemu(_) => {
+                let a = self.app(version)?;
+                let field = |k: &str| a.manifest.get(k).cloned().unwrap_or_default();
+                Ok(VersionInfo {
+                    version: field("version").as_str().unwrap_or_default().to_string(),
+                    image: a.path.display().to_string(),
+                    features: serde_json::from_value(field("features")).unwrap_or_default(),
+                })
+            }
+            Machines::Sim(_) => {
+                let b = self.sim_build(version)?;
+                let image = format!("(simulated: hitless-agent {}{})", b.version, b.flaw.map(|f| format!(", flaw {f:?}")).unwrap_or_default());
+                Ok(VersionInfo { version: b.version, image, features: b.features })
+            }
+        }
+    }
+
     async fn bring_up(&mut self) -> Result<(), TestbedError> {
         let names: Vec<String> = self.cfg.processors.iter().map(|p| p.name.clone()).collect();
         let version = self.cfg.initial_version.clone();
@@ -240,10 +333,10 @@ impl Testbed {
                 self.start_vsock_daemon(n).await?;
             }
         }
-        // Both guests boot in parallel: start both QEMUs, then wait for both agents.
+        // Both boot in parallel: start both processors, then wait for both agents.
         let mut started = Vec::new();
         for n in &names {
-            started.push((n.clone(), self.start_qemu(n, &version).await?));
+            started.push((n.clone(), self.start_processor(n, &version).await?));
         }
         for (n, boot) in &started {
             self.wait_agent(n, *boot).await?;
@@ -258,8 +351,14 @@ impl Testbed {
     pub fn attach(run: RunDir, events: Events) -> Result<Testbed, TestbedError> {
         let state = run.load_state().map_err(|_| TestbedError::NotUp(run.root.clone()))?;
         let cfg = Config::load(&state.config)?;
+        if state.accel == Accel::Simulated {
+            return Err(TestbedError::Environment(format!(
+                "{} holds a simulated pair; it lives only in the process that started it",
+                run.root.display()
+            )));
+        }
         let boot = images::boot_image(&cfg)?;
-        Ok(Testbed { timeouts: Timeouts::for_accel(state.accel), cfg, run, state, boot, events, apps: Default::default() })
+        Ok(Testbed { timeouts: Timeouts::for_accel(state.accel), cfg, run, state, machines: Machines::Qemu(boot), events, apps: Default::default() })
     }
 
     /// The app image of `version`, built if needed (once per testbed).
@@ -317,8 +416,30 @@ impl Testbed {
         wait_until(Duration::from_secs(5), BOOT_POLL, async || Ok(sock.exists().then_some(())), expired).await
     }
 
+    /// Start a processor running `version`; returns its start time.
+    async fn start_processor(&mut self, name: &str, version: &str) -> Result<Boot, TestbedError> {
+        let Machines::Sim(sim) = &self.machines else { return self.start_qemu(name, version).await };
+        let build = self.sim_build(version)?;
+        let t0 = Instant::now();
+        sim.start(name, build).map_err(|e| TestbedError::Environment(format!("simulated processor {name}: {e}")))?;
+        let boots = self.proc_state(name).boots + 1;
+        {
+            let st = self.proc_state(name);
+            st.boots = boots;
+            st.version = version.to_string();
+        }
+        self.save()?;
+        let image = self.version_info(version)?.image;
+        self.events.emit(Event::ProcessorStarted { processor: name.into(), version: version.into(), image, overlay: "-".into(), pid: 0 });
+        Ok(Boot { t0, serial_offset: 0 })
+    }
+
     /// Start a processor's QEMU booting `version` from a fresh overlay; returns its start time.
     async fn start_qemu(&mut self, name: &str, version: &str) -> Result<Boot, TestbedError> {
+        let Machines::Qemu(boot) = &self.machines else {
+            return Err(TestbedError::Environment("a simulated pair starts no QEMU".into()));
+        };
+        let (kernel, initrd) = (boot.kernel.clone(), boot.initrd.clone());
         let app = self.app(version)?;
         let boots = self.proc_state(name).boots + 1;
         let overlay = self.run.overlay(name, boots, version);
@@ -341,6 +462,7 @@ impl Testbed {
         let vsock = match self.state.vsock {
             VsockKind::Kernel => VsockDevice::Kernel(me.cid),
             VsockKind::User => VsockDevice::User(self.run.vhost_user(name)),
+            VsockKind::Tcp => return Err(TestbedError::Environment("loopback TCP is the simulated pair's channel, not a guest's".into())),
         };
         let (qmp, serial, link, link_peer) = (self.run.qmp(name), self.run.serial(name), self.run.link(name), self.run.link(&peer));
         // A restarted QEMU binds its link socket again; the dead one's file would block it.
@@ -349,8 +471,8 @@ impl Testbed {
         let spec = MachineSpec {
             processor: &me,
             accel: self.state.accel,
-            kernel: &self.boot.kernel,
-            initrd: &self.boot.initrd,
+            kernel: &kernel,
+            initrd: &initrd,
             app_overlay: &overlay,
             qmp: &qmp,
             serial: &serial,
@@ -390,9 +512,17 @@ impl Testbed {
         }
     }
 
-    /// Whether a processor's QEMU is running.
+    /// The pid of a processor's QEMU, if it runs.
     pub fn qemu_alive(&self, name: &str) -> Option<u32> {
         process::read_pid(&self.run.qemu_pid(name)).filter(|p| process::alive(*p))
+    }
+
+    /// Whether a processor runs (its QEMU, or its simulated agent).
+    pub fn alive(&self, name: &str) -> bool {
+        match &self.machines {
+            Machines::Qemu(_) => self.qemu_alive(name).is_some(),
+            Machines::Sim(sim) => sim.alive(name),
+        }
     }
 
     /// Wait (bounded, stopping early if QEMU dies) until the agent answers hello.
@@ -401,12 +531,12 @@ impl Testbed {
         let mut console = ConsoleWatch { path: self.run.serial(name), offset: boot.serial_offset, text: String::new() };
         let budget = self.timeouts.boot.saturating_sub(boot.t0.elapsed());
         let probe = async || {
-            if self.qemu_alive(name).is_none() {
-                return Err(self.boot_error(name, "QEMU exited during boot".into()));
+            if !self.alive(name) {
+                return Err(self.boot_error(name, "the processor exited during boot".into()));
             }
             // Connecting before the guest's vsock driver is up can wedge the userspace
             // daemon for good; the agent's "listening" line on the console says it is up.
-            if !console.saw(LISTENING_MARK) {
+            if self.state.vsock == VsockKind::User && !console.saw(LISTENING_MARK) {
                 return Ok(None);
             }
             let Ok(mut c) = AgentClient::connect(&ch).await else { return Ok(None) };
@@ -423,7 +553,11 @@ impl Testbed {
 
     /// How the host reaches a processor's agent.
     pub fn channel(&self, name: &str) -> Channel {
+        if let Machines::Sim(sim) = &self.machines {
+            return sim.channel(name);
+        }
         match self.state.vsock {
+            VsockKind::Tcp => Channel::Tcp { control: ([127, 0, 0, 1], 0).into(), work: ([127, 0, 0, 1], 0).into() },
             VsockKind::User => Channel::User(self.run.vsock_uds(name)),
             VsockKind::Kernel => Channel::Kernel(self.cfg.processor(name).map(|p| p.cid).unwrap_or(3)),
         }
@@ -491,6 +625,11 @@ impl Testbed {
 
     /// Stop a processor: QMP `quit`, bounded wait, then SIGKILL of its process group.
     pub async fn stop_processor(&mut self, name: &str) {
+        if let Machines::Sim(sim) = &self.machines {
+            sim.stop(name);
+            self.events.emit(Event::ProcessorStopped { processor: name.into(), how: "stopped (simulated)".into() });
+            return;
+        }
         let how = match Qmp::connect(&self.run.qmp(name)).await {
             Ok(q) => {
                 q.quit().await;
@@ -506,6 +645,16 @@ impl Testbed {
     /// fresh QEMU on a new overlay of that version's image, same identity.
     /// Returns what QMP shows it booted.
     pub async fn reload(&mut self, name: &str, version: &str) -> Result<AppDisk, TestbedError> {
+        if let Machines::Sim(_) = &self.machines {
+            let info = self.version_info(version)?;
+            self.stop_processor(name).await;
+            let boot = self.start_processor(name, version).await?;
+            let hello = self.wait_agent(name, boot).await?;
+            if hello.version != info.version {
+                return Err(TestbedError::Agent { processor: name.into(), message: format!("agent reports {}, expected {}", hello.version, info.version) });
+            }
+            return Ok(AppDisk { overlay: "-".into(), backing: info.image });
+        }
         // Build first: a missing image must fail before the processor goes down.
         let app = self.app(version)?;
         let before = self.qmp_app_disk(name).await.ok();
@@ -543,6 +692,7 @@ impl Testbed {
         let mut out = Vec::new();
         for n in self.names() {
             let pid = self.qemu_alive(&n);
+            let alive = self.alive(&n);
             let qmp = match pid {
                 Some(_) => Qmp::connect(&self.run.qmp(&n)).await.ok(),
                 None => None,
@@ -551,7 +701,7 @@ impl Testbed {
                 Some(q) => (q.status().await.ok(), q.app_disk().await.ok()),
                 None => (None, None),
             };
-            let agent = if pid.is_some() { self.agent_status(&n).await.map_err(|e| e.to_string()) } else { Err("QEMU is not running".into()) };
+            let agent = if alive { self.agent_status(&n).await.map_err(|e| e.to_string()) } else { Err("the processor is not running".into()) };
             out.push(ProcessorStatus { booted_version: self.version_of(&n), name: n, pid, run_state, app_disk, agent });
         }
         out

@@ -44,7 +44,7 @@ pub struct Transcript {
 
 /// Build the transcript of the testbed's event stream so far.
 pub fn build(tb: &Testbed, plan: &Plan) -> Transcript {
-    let img = |v: &str| tb.app(v).map(|a| a.path.display().to_string()).unwrap_or_default();
+    let img = |v: &str| tb.version_info(v).map(|i| i.image).unwrap_or_default();
     Transcript {
         header: Header {
             config: tb.cfg.file.display().to_string(),

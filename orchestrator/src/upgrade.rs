@@ -122,7 +122,7 @@ pub async fn plan(tb: &Testbed, to: &str) -> Result<Plan, TestbedError> {
 
 /// The steps the happy path takes, as lines for `--dry-run`.
 pub fn describe_plan(tb: &Testbed, p: &Plan) -> Vec<String> {
-    let img = |v: &str| tb.app(v).map(|a| a.path.display().to_string()).unwrap_or_else(|e| format!("(cannot build: {e})"));
+    let img = |v: &str| tb.version_info(v).map(|i| i.image).unwrap_or_else(|e| format!("(cannot build: {e})"));
     vec![
         format!("200 check: {} active and {} standby on {}, replication current", p.first, p.second, p.from),
         format!("201 take {} out of service ({} runs simplex)", p.second, p.first),
@@ -157,8 +157,8 @@ pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report
         (plan(tb, to).await?, Step::Initial, None)
     };
     // Both images first: a missing or broken image must fail before anything changes.
-    tb.app(&plan.to)?;
-    tb.app(&plan.from)?;
+    tb.version_info(&plan.to)?;
+    tb.version_info(&plan.from)?;
     let targets = tb.names().into_iter().map(|n| (n.clone(), tb.channel(&n))).collect();
     let workload = if opts.workload { Some(Workload::start(targets, plan.first.clone())) } else { None };
     let mut run = Run { tb, plan, workload, switches: Vec::new(), why: None, fallback_from };
@@ -268,7 +268,7 @@ impl Run<'_> {
                 Ok(Outcome::Done)
             }
             Step::IsolateStandby => {
-                self.tb.set_role(&second, Role::OutOfService).await?;
+                self.take_out_of_service(&second).await?;
                 Ok(Outcome::Done)
             }
             Step::ReloadStandby => {
@@ -287,7 +287,7 @@ impl Run<'_> {
             }
             Step::Fallback => self.fallback(&from).await.map(|_| Outcome::Done),
             Step::ReloadOther => {
-                self.tb.set_role(&first, Role::OutOfService).await?;
+                self.take_out_of_service(&first).await?;
                 self.tb.reload(&first, &to).await?;
                 self.expect_no_features(&first).await?;
                 Ok(Outcome::Done)
@@ -314,15 +314,20 @@ impl Run<'_> {
         }
     }
 
+    /// Take `name` out of service. One that is not running already is: a step
+    /// cut short mid-reload is redone on `--resume` with the processor down.
+    async fn take_out_of_service(&mut self, name: &str) -> Result<(), TestbedError> {
+        if self.tb.alive(name) {
+            self.tb.set_role(name, Role::OutOfService).await?;
+        } else {
+            self.tb.events.progress(format!("{name} is not running: already out of service"));
+        }
+        Ok(())
+    }
+
     /// Features `to` supports that `from` does not.
     fn new_features(&self) -> Vec<String> {
-        let feats = |v: &str| -> FeatureSet {
-            self.tb
-                .app(v)
-                .ok()
-                .and_then(|a| serde_json::from_value(a.manifest.get("features").cloned().unwrap_or_default()).ok())
-                .unwrap_or_default()
-        };
+        let feats = |v: &str| -> FeatureSet { self.tb.version_info(v).map(|i| i.features).unwrap_or_default() };
         feats(&self.plan.to).difference(&feats(&self.plan.from)).cloned().collect()
     }
 
@@ -338,7 +343,7 @@ impl Run<'_> {
     /// Make `new` active in place of `old` (old becomes standby), recording the switchover window.
     async fn switch_over(&mut self, old: &str, new: &str, label: &str) -> Result<(), TestbedError> {
         let t0 = self.now();
-        if self.tb.qemu_alive(old).is_none() {
+        if !self.tb.alive(old) {
             // It died on its own (e.g. the new version crashed): that ends its role.
             self.tb.events.emit(Event::ProcessorStopped { processor: old.into(), how: "crashed (VM exited)".into() });
         } else if let Err(e) = self.tb.set_role(old, Role::Standby).await {
@@ -350,7 +355,7 @@ impl Run<'_> {
         self.tb.set_role(new, Role::Active).await?;
         let t1 = self.now();
         self.switches.push((label.to_string(), t0, t1));
-        if self.tb.qemu_alive(old).is_some() {
+        if self.tb.alive(old) {
             self.tb.wait_standby_current(old).await?;
         }
         Ok(())
@@ -371,7 +376,7 @@ impl Run<'_> {
             Ok(other) => failed.push(format!("unexpected answer {other:?}")),
             Err(e) => failed.push(format!("evaluation request failed: {e}")),
         }
-        if self.tb.qemu_alive(new).is_none() {
+        if !self.tb.alive(new) {
             failed.push(format!("{new}'s VM is no longer running (crashed)"));
         }
         if let Some(w) = &self.workload {
@@ -409,12 +414,14 @@ impl Run<'_> {
             let mut active = None;
             let mut on_from = None;
             for n in &names {
-                let alive = self.tb.qemu_alive(n).is_some();
+                let alive = self.tb.alive(n);
                 let st = if alive { self.tb.agent_status(n).await.ok() } else { None };
                 if st.as_ref().is_some_and(|s| s.hello.role == Role::Active) {
                     active = Some(n.clone());
                 }
-                if alive && self.tb.version_of(n) == from && st.is_some() {
+                // Prefer the active, if it runs the old version: no switchover needed then.
+                let is_active = st.as_ref().is_some_and(|s| s.hello.role == Role::Active);
+                if alive && self.tb.version_of(n) == from && st.is_some() && (on_from.is_none() || is_active) {
                     on_from = Some((n.clone(), st));
                 }
             }
@@ -435,7 +442,7 @@ impl Run<'_> {
                 }
                 self.switch_over(&other, &o, "204-fallback").await?;
             }
-            if self.tb.version_of(&other) != from || self.tb.qemu_alive(&other).is_none() {
+            if self.tb.version_of(&other) != from || !self.tb.alive(&other) {
                 self.tb.set_role(&other, Role::OutOfService).await.ok();
                 self.tb.reload(&other, from).await?;
             }

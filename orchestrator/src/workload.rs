@@ -117,8 +117,18 @@ fn op(n: u64) -> WorkRequest {
 pub struct Workload {
     stop: Arc<AtomicBool>,
     rejected: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<History>,
+    /// `None` once stopped.
+    task: Option<tokio::task::JoinHandle<History>>,
     start: Instant,
+}
+
+impl Drop for Workload {
+    /// A workload dropped unstopped (its upgrade was cut short) stops submitting at once.
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Workload {
@@ -128,7 +138,7 @@ impl Workload {
         let rejected = Arc::new(AtomicUsize::new(0));
         let start = Instant::now();
         let task = tokio::spawn(run(targets, first, stop.clone(), rejected.clone(), start));
-        Workload { stop, rejected, task, start }
+        Workload { stop, rejected, task: Some(task), start }
     }
 
     /// Requests rejected so far (workload errors), readable while it runs.
@@ -142,9 +152,12 @@ impl Workload {
     }
 
     /// Stop after the requests in flight are answered (bounded) and return the history.
-    pub async fn stop(self) -> History {
+    pub async fn stop(mut self) -> History {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or_default()
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or_default(),
+            None => History::default(),
+        }
     }
 }
 

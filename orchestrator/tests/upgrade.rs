@@ -6,41 +6,15 @@
 #![allow(clippy::unwrap_used)]
 mod common;
 
-use hitless::events::{Entry, Event};
 use hitless::testbed::Testbed;
 use hitless::upgrade::{self, Options, Report};
 use hitless_protocol::{ControlReply, ControlRequest, Role, FEATURE_PRIORITY};
-
-fn condensed(entries: &[Entry]) -> String {
-    let mut out = String::new();
-    for e in entries {
-        let line = match &e.event {
-            Event::StepBegin { step, .. } => format!("step {step}"),
-            Event::StepDone { step, pair, .. } => {
-                let p: Vec<String> = pair.iter().map(|v| format!("{} {} {}", v.processor, v.role, v.version)).collect();
-                format!("  done {step}: {}", p.join(", "))
-            }
-            Event::Role { processor, role, epoch } => format!("  {processor} -> {role} (epoch {epoch})"),
-            Event::ProcessorStarted { processor, version, .. } => format!("  {processor} boots {version}"),
-            Event::ProcessorStopped { processor, .. } => format!("  {processor} stopped"),
-            Event::Evaluation { processor, acceptable, .. } => format!("  {processor} evaluation acceptable={acceptable}"),
-            Event::Feature { processor, feature, result } => format!("  {processor} {feature} {result}"),
-            Event::ServiceGap { step, .. } => format!("service gap measured at {step}"),
-            Event::Invariant { name, ok, .. } => format!("invariant {name}: {}", if *ok { "ok" } else { "VIOLATED" }),
-            Event::Outcome { result, .. } => format!("outcome {result}"),
-            Event::Progress { .. } | Event::Accelerator { .. } | Event::AgentReady { .. } | Event::Qmp { .. } => continue,
-        };
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
-}
 
 async fn run(tb: &mut Testbed, to: &str) -> (Report, String) {
     let skip = tb.events.entries().len();
     let report = upgrade::upgrade(tb, to, Options { resume: false, workload: true }).await.unwrap();
     let entries = tb.events.entries();
-    (report, condensed(&entries[skip..]))
+    (report, common::condensed(&entries[skip..]))
 }
 
 fn assert_invariants(r: &Report) {

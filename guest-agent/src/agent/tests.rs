@@ -19,6 +19,8 @@ struct Wire {
     to_a: UnboundedReceiver<LinkMsg>,
     replies: UnboundedReceiver<WorkReply>,
     reply_tx: ReplyTx,
+    /// The active's end of the link.
+    a_conn: u64,
 }
 
 impl Wire {
@@ -26,10 +28,10 @@ impl Wire {
         let (a, b) = (Agent::new("p121".into(), v1()), Agent::new("p122".into(), v1()));
         let (ta, to_b) = unbounded_channel();
         let (tb, to_a) = unbounded_channel();
-        a.link_up(ta);
+        let a_conn = a.link_up(ta);
         b.link_up(tb);
         let (reply_tx, replies) = unbounded_channel();
-        let mut w = Wire { a, b, to_b, to_a, replies, reply_tx };
+        let mut w = Wire { a, b, to_b, to_a, replies, reply_tx, a_conn };
         w.pump(|_| false);
         w
     }
@@ -198,4 +200,16 @@ fn a_restarted_standby_is_stepped_up_again_and_pending_work_goes_simplex() {
     assert!(got.iter().any(|m| matches!(m, LinkMsg::StepUp { seq: 2, units, .. } if units.len() == 2)), "{got:?}");
     assert!(w.same_state());
     assert!(!w.a.status().replication.simplex);
+}
+
+#[test]
+fn a_demoted_active_whose_standby_dies_refuses_what_was_in_flight() {
+    let mut w = Wire::paired();
+    w.open(1);
+    w.a.set_role(Role::Standby, 3).unwrap();
+    // The standby dies before registering w1: it was never acked, so the client is told to go elsewhere.
+    w.a.link_down(w.a_conn, "peer gone");
+    let r = w.replies.try_recv().unwrap();
+    assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w1"), "{r:?}");
+    assert!(w.replies.try_recv().is_err());
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use hitless::config::Config;
-use hitless::events::Events;
+use hitless::events::{Entry, Event, Events};
 use hitless::rundir::RunDir;
 use hitless::testbed::{self, Testbed};
 use std::path::PathBuf;
@@ -47,4 +47,31 @@ pub async fn up(guard: &RunGuard) -> Testbed {
     let events = Events::new();
     events.subscribe(|e| eprintln!("{}", hitless::events::render(e)));
     Testbed::up(config(), guard.run.clone(), events).await.unwrap()
+}
+
+/// The transcript's events as one line each: steps, roles, verdicts,
+/// invariants — no times, pids or paths, so it can be snapshotted.
+pub fn condensed(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let line = match &e.event {
+            Event::StepBegin { step, .. } => format!("step {step}"),
+            Event::StepDone { step, pair, .. } => {
+                let p: Vec<String> = pair.iter().map(|v| format!("{} {} {}", v.processor, v.role, v.version)).collect();
+                format!("  done {step}: {}", p.join(", "))
+            }
+            Event::Role { processor, role, epoch } => format!("  {processor} -> {role} (epoch {epoch})"),
+            Event::ProcessorStarted { processor, version, .. } => format!("  {processor} boots {version}"),
+            Event::ProcessorStopped { processor, .. } => format!("  {processor} stopped"),
+            Event::Evaluation { processor, acceptable, .. } => format!("  {processor} evaluation acceptable={acceptable}"),
+            Event::Feature { processor, feature, result } => format!("  {processor} {feature} {result}"),
+            Event::ServiceGap { step, .. } => format!("service gap measured at {step}"),
+            Event::Invariant { name, ok, .. } => format!("invariant {name}: {}", if *ok { "ok" } else { "VIOLATED" }),
+            Event::Outcome { result, .. } => format!("outcome {result}"),
+            Event::Progress { .. } | Event::Accelerator { .. } | Event::AgentReady { .. } | Event::Qmp { .. } => continue,
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
