@@ -81,6 +81,14 @@ enum Cmd {
     },
     /// Roll an unfinished upgrade back to the old version (refused after step 207).
     Rollback,
+    /// Enable new features on both processors, as step 207 does (the point of no return).
+    ///
+    /// Refused, with each agent's reason, unless both processors run a version
+    /// that supports the feature: e.g. while the pair is mixed mid-upgrade.
+    Enable {
+        /// Features to enable (default: every feature the active processor's version supports).
+        features: Vec<String>,
+    },
     /// Stop everything the testbed runs and remove its run directory. Idempotent.
     Down,
 }
@@ -234,6 +242,20 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             let mut tb = Testbed::attach(run_dir(&cli, None)?, events)?;
             let report = hitless::upgrade::rollback(&mut tb).await?;
             finish_report(&tb, &report)
+        }
+        Cmd::Enable { features } => {
+            let tb = Testbed::attach(run_dir(&cli, None)?, events)?;
+            let mut features = features.clone();
+            if features.is_empty() {
+                let active = tb.active().await.ok_or_else(|| anyhow::anyhow!("no processor is active"))?;
+                features = tb.agent_status(&active).await?.hello.supported.into_iter().collect();
+            }
+            if features.is_empty() {
+                eprintln!("the running version has no features to enable");
+                return Ok(());
+            }
+            hitless::upgrade::enable_features(&tb, &features).await.context("enabling features")?;
+            Ok(())
         }
         Cmd::Down => {
             let run = run_dir(&cli, None)?;

@@ -195,6 +195,28 @@ pub async fn rollback(tb: &mut Testbed) -> Result<Report, TestbedError> {
     Ok(run.finish(step).await)
 }
 
+/// Enable `features` on both processors, the active first: step 207's action,
+/// and `hitless enable`. Each answer is an event; a refusal (a processor whose
+/// version lacks a feature, or whose peer's does) stops there, with the agent's reason.
+pub async fn enable_features(tb: &Testbed, features: &[String]) -> Result<(), TestbedError> {
+    let active = tb.active().await;
+    let mut order = tb.names();
+    order.sort_by_key(|n| Some(n) != active.as_ref());
+    for f in features {
+        for n in &order {
+            let result = tb.control(n, ControlRequest::EnableFeature { feature: f.clone() }).await;
+            let said = match &result {
+                Ok(_) => "enabled".to_string(),
+                Err(TestbedError::Agent { message, .. }) => format!("refused: {message}"),
+                Err(e) => format!("failed: {e}"),
+            };
+            tb.events.emit(Event::Feature { processor: n.clone(), feature: f.clone(), result: said });
+            result?;
+        }
+    }
+    Ok(())
+}
+
 async fn enabled_features(tb: &Testbed) -> FeatureSet {
     let mut f = FeatureSet::new();
     for n in tb.names() {
@@ -299,12 +321,7 @@ impl Run<'_> {
             }
             Step::EnableFeatures => {
                 let new = self.new_features();
-                for f in &new {
-                    for n in [&second, &first] {
-                        self.tb.control(n, ControlRequest::EnableFeature { feature: f.clone() }).await?;
-                        self.tb.events.emit(Event::Feature { processor: n.clone(), feature: f.clone(), result: "enabled".into() });
-                    }
-                }
+                enable_features(self.tb, &new).await?;
                 if new.is_empty() {
                     self.tb.events.progress(format!("{to} brings no new features to enable"));
                 }

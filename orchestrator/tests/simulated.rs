@@ -229,3 +229,32 @@ async fn rollback_works_from_each_step_before_207_and_is_refused_after() {
     let err = upgrade::rollback(&mut s.tb).await.err().unwrap().to_string();
     assert!(err.contains("point of no return"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_is_refused_while_the_pair_is_mixed() {
+    let mut s = sim().await;
+    let tb = &mut s.tb;
+    tb.set_role("p122", Role::OutOfService).await.unwrap();
+    tb.reload("p122", "2.0.0").await.unwrap();
+    tb.set_role("p122", Role::Standby).await.unwrap();
+    tb.wait_standby_current("p122").await.unwrap();
+    let skip = tb.events.entries().len();
+    let err = upgrade::enable_features(tb, &[FEATURE_PRIORITY.into()]).await.err().unwrap().to_string();
+    assert!(err.contains("p121") && err.contains("runs 1.0.0, which does not support"), "{err}");
+    let said = common::condensed(&tb.events.entries()[skip..]);
+    assert_eq!(said.lines().count(), 1, "the active refuses, nothing else is tried: {said}");
+    assert!(said.contains("p121 work-unit-priority refused: "), "{said}");
+    // A 2.0.0 pair may enable it; then a 1.0.0 processor cannot join as standby.
+    tb.set_role("p121", Role::Standby).await.unwrap();
+    tb.set_role("p122", Role::Active).await.unwrap();
+    tb.wait_standby_current("p121").await.unwrap();
+    tb.set_role("p121", Role::OutOfService).await.unwrap();
+    tb.reload("p121", "2.0.0").await.unwrap();
+    tb.set_role("p121", Role::Standby).await.unwrap();
+    tb.wait_standby_current("p121").await.unwrap();
+    upgrade::enable_features(tb, &[FEATURE_PRIORITY.into()]).await.unwrap();
+    tb.set_role("p121", Role::OutOfService).await.unwrap();
+    tb.reload("p121", "1.0.0").await.unwrap();
+    let err = tb.set_role("p121", Role::Standby).await.err().unwrap().to_string();
+    assert!(err.contains("cannot become standby") && err.contains(FEATURE_PRIORITY), "{err}");
+}

@@ -113,16 +113,21 @@ async fn fallback_when_the_new_version_crashes() {
 async fn mixed_pair_replicates_both_ways_and_refuses_the_feature() {
     let guard = common::RunGuard::new();
     let mut tb = common::up(&guard).await;
+    let skip = tb.events.entries().len();
     // By hand: p122 to 2.0.0 as standby of the 1.0.0 active (steps 201-203).
     tb.set_role("p122", Role::OutOfService).await.unwrap();
     tb.reload("p122", "2.0.0").await.unwrap();
     tb.set_role("p122", Role::Standby).await.unwrap();
     tb.wait_standby_current("p122").await.unwrap();
-    // Enabling while mixed is refused, on either side.
+    // Enabling while mixed is refused (`hitless enable`, or step 207 run too early), on either side.
+    let err = upgrade::enable_features(&tb, &[FEATURE_PRIORITY.into()]).await.err().unwrap().to_string();
+    assert!(err.contains("runs 1.0.0, which does not support"), "{err}");
+    insta::assert_snapshot!("enabling_refused_while_mixed", common::condensed(&tb.events.entries()[skip..]));
     let err = tb.control("p122", ControlRequest::EnableFeature { feature: FEATURE_PRIORITY.into() }).await.err().unwrap().to_string();
     assert!(err.contains("peer p121 runs 1.0.0"), "{err}");
-    let err = tb.control("p121", ControlRequest::EnableFeature { feature: FEATURE_PRIORITY.into() }).await.err().unwrap().to_string();
-    assert!(err.contains("runs 1.0.0, which does not support"), "{err}");
+    for n in tb.names() {
+        assert!(tb.agent_status(&n).await.unwrap().hello.enabled.is_empty(), "{n}");
+    }
 
     let targets = tb.names().into_iter().map(|n| (n.clone(), tb.channel(&n))).collect();
     let w = hitless::workload::Workload::start(targets, "p121".into());
@@ -151,4 +156,45 @@ async fn mixed_pair_replicates_both_ways_and_refuses_the_feature() {
     assert_eq!(ua, ub, "1.0.0 standby holds what the 2.0.0 active has");
     assert!(hitless::history::no_lost_or_double(&h, &ua).ok);
     assert!(h.acked().len() > 50);
+}
+
+#[tokio::test]
+async fn a_killed_upgrade_resumes_from_its_journal() {
+    let guard = common::RunGuard::new();
+    let tb = common::up(&guard).await;
+    let hitless = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hitless"));
+        c.args(args).arg("--config").arg(common::repo().join("vm-configs/pair.yaml")).arg("--run-dir").arg(&guard.run.root);
+        c
+    };
+    // The orchestrator is killed (SIGKILL: no clean-up of its own) once step 203 has begun.
+    let mut child = hitless(&["upgrade", "--to", "2.0.0"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let j: Option<upgrade::Journal> = std::fs::read(guard.run.journal()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if j.is_some_and(|j| j.step == "203") {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the upgrade ended before step 203");
+        assert!(std::time::Instant::now() < deadline, "step 203 never began");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A plain upgrade is refused; --resume carries on from the journal.
+    let out = hitless(&["upgrade", "--to", "2.0.0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted at step 203"));
+    let out = hitless(&["upgrade", "--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resuming from the journal: step 203 begun, continuing at 203"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("summary (completed)") && !stdout.contains("FAIL"), "{stdout}");
+    for n in tb.names() {
+        let s = tb.agent_status(&n).await.unwrap();
+        assert_eq!(s.hello.version, "2.0.0", "{n}");
+        assert!(s.hello.enabled.contains(FEATURE_PRIORITY), "{n}");
+    }
 }
