@@ -93,7 +93,7 @@ fn run(cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
 /// The boot image: kernel and initramfs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BootImage {
-    /// Kernel image.
+    /// Kernel: an ELF booted by PVH where the kernel allows, else the bzImage.
     pub kernel: PathBuf,
     /// Initramfs (uncompressed newc cpio: nothing to decompress under TCG).
     pub initrd: PathBuf,
@@ -196,10 +196,13 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     let mut h = Sha256::new();
     h.update(INIT);
     h.update(APPLETS.join(",").as_bytes());
+    // How the kernel is laid out (a PVH ELF when the config allows) is part of the image.
+    h.update(b"kernel: pvh elf if CONFIG_PVH=y");
+    h.update(kernel_config(&cfg.kernel_dir, &rel).unwrap_or_default());
     hash_files(&mut h, &[vmlinuz.clone(), busybox.clone()])?;
     hash_files(&mut h, &mod_files)?;
     let dir = cfg.cache_dir.join(format!("boot-{}", short(h)));
-    let img = BootImage { kernel: dir.join("vmlinuz"), initrd: dir.join("initramfs.cpio") };
+    let img = BootImage { kernel: dir.join("kernel"), initrd: dir.join("initramfs.cpio") };
     if img.initrd.is_file() && img.kernel.is_file() {
         return Ok(img);
     }
@@ -243,9 +246,50 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     if !st.success() {
         return Err(ImageError::Tool { cmd: "cpio".into(), detail: st.to_string() });
     }
-    std::fs::copy(&vmlinuz, out_dir.join("vmlinuz")).map_err(io(&vmlinuz))?;
+    let bz = std::fs::read(&vmlinuz).map_err(io(&vmlinuz))?;
+    let pvh = kernel_config(&cfg.kernel_dir, &rel).is_some_and(|c| c.lines().any(|l| l == "CONFIG_PVH=y"));
+    match pvh.then(|| pvh_kernel(&bz)).flatten() {
+        // QEMU boots an ELF kernel with a PVH note directly: no real-mode setup and no
+        // decompression under TCG (about 0.75 s of every boot here).
+        Some(elf) => write(&out_dir.join("kernel"), &elf)?,
+        None => {
+            tracing::info!("no PVH-bootable vmlinux in {}; booting the bzImage", vmlinuz.display());
+            write(&out_dir.join("kernel"), &bz)?;
+        }
+    }
     publish(&out_dir, &dir)?;
     Ok(img)
+}
+
+fn kernel_config(kernel_dir: &Path, rel: &str) -> Option<String> {
+    std::fs::read_to_string(kernel_dir.join("boot").join(format!("config-{rel}"))).ok()
+}
+
+/// The uncompressed ELF kernel inside an LZ4-compressed bzImage (the kernel
+/// uses LZ4's legacy frame: a magic, then blocks of up to 8 MiB, each after
+/// its little-endian length); `None` if there is none or it is not whole.
+pub fn pvh_kernel(bz: &[u8]) -> Option<Vec<u8>> {
+    const MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
+    const BLOCK: usize = 8 << 20;
+    let start = bz.windows(4).position(|w| w == MAGIC)? + 4;
+    let mut at = start;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; BLOCK];
+    // The stream ends where what follows is no longer a block (the kernel appends its size).
+    while let Some(len) = bz.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize) {
+        let Some(block) = bz.get(at + 4..at + 4 + len) else { break };
+        let Ok(n) = lz4_flex::block::decompress_into(block, &mut buf) else { break };
+        out.extend_from_slice(&buf[..n]);
+        at += 4 + len;
+    }
+    whole_elf64(&out).then_some(out)
+}
+
+/// An x86-64 ELF whose section headers (the last thing in the file) are all there.
+fn whole_elf64(b: &[u8]) -> bool {
+    let u = |at: usize, n: usize| b.get(at..at + n).map(|s| s.iter().rev().fold(0u64, |a, x| (a << 8) | u64::from(*x)));
+    let (Some(shoff), Some(shentsize), Some(shnum)) = (u(0x28, 8), u(0x3a, 2), u(0x3c, 2)) else { return false };
+    b.starts_with(b"\x7fELF\x02\x01") && u(0x12, 2) == Some(0x3e) && shoff + shentsize * shnum <= b.len() as u64
 }
 
 /// Build (or find in the cache) the app disk of `version`.
@@ -345,6 +389,39 @@ fn publish(from: &Path, to: &Path) -> Result<(), ImageError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A fake x86-64 ELF of `len` bytes whose section headers end the file.
+    fn elf(len: usize) -> Vec<u8> {
+        let mut e: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        e[0x12..0x14].copy_from_slice(&0x3eu16.to_le_bytes());
+        e[0x28..0x30].copy_from_slice(&((len - 64 * 4) as u64).to_le_bytes());
+        e[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        e[0x3c..0x3e].copy_from_slice(&4u16.to_le_bytes());
+        e
+    }
+
+    fn bzimage(elf: &[u8], blocks: usize) -> Vec<u8> {
+        let mut bz = b"setup code and decompressor".to_vec();
+        bz.extend([0x02, 0x21, 0x4c, 0x18]);
+        for chunk in elf.chunks(8 << 20).take(blocks) {
+            let c = lz4_flex::block::compress(chunk);
+            bz.extend((c.len() as u32).to_le_bytes());
+            bz.extend(c);
+        }
+        bz.extend((elf.len() as u32).to_le_bytes());
+        bz.extend(b"trailer");
+        bz
+    }
+
+    #[test]
+    fn the_elf_kernel_comes_out_of_an_lz4_bzimage_whole_or_not_at_all() {
+        let e = elf((8 << 20) + 12345);
+        assert_eq!(pvh_kernel(&bzimage(&e, 2)).as_deref(), Some(&e[..]));
+        // Its last block missing: not whole, so the bzImage is booted instead.
+        assert_eq!(pvh_kernel(&bzimage(&e, 1)), None);
+        assert_eq!(pvh_kernel(b"no lz4 payload here"), None);
+    }
 
     #[test]
     fn modules_come_in_dependency_order() {
