@@ -138,6 +138,7 @@ impl Agent {
             enabled: c.enabled.clone(),
             role: c.role,
             epoch: c.epoch,
+            seq: Some(c.seq),
         }
     }
 
@@ -221,6 +222,12 @@ impl Agent {
 
     /// Start a step-up of the peer if this processor is active and the peer is a standby we can pair with.
     fn maybe_step_up(&self, c: &mut Core) {
+        self.step_up(c, true)
+    }
+
+    /// Step up the peer: confirm its state by digest when it says it is at our
+    /// sequence number and `confirm` allows (not after a Resync), else send it all.
+    fn step_up(&self, c: &mut Core, confirm: bool) {
         let peer_hello = c.peer.as_ref().and_then(|p| p.hello.clone());
         let Some(h) = peer_hello else { return };
         if c.role != Role::Active || h.role != Role::Standby || self.pairing_problem(c, &h).is_some() {
@@ -230,8 +237,14 @@ impl Agent {
         c.standby_attached = true;
         c.registered = None;
         c.stepups += 1;
-        tracing::info!(generation = c.generation, seq = c.seq, units = c.db.len(), "step-up of standby {}", h.name);
-        let msg = LinkMsg::StepUp { generation: c.generation, seq: c.seq, units: c.db.units() };
+        let (generation, seq, chain) = (c.generation, c.seq, c.db.chain());
+        let msg = if confirm && seq > 0 && h.seq == Some(seq) {
+            tracing::info!(generation, seq, "step-up of standby {} by history chain (it holds our state)", h.name);
+            LinkMsg::Continue { generation, seq, chain }
+        } else {
+            tracing::info!(generation, seq, units = c.db.len(), "step-up of standby {}", h.name);
+            LinkMsg::StepUp { generation, seq, units: c.db.units(), chain }
+        };
         Self::send_peer(c, msg);
     }
 
@@ -473,12 +486,12 @@ impl Agent {
                 }
                 LinkAction::None
             }
-            LinkMsg::StepUp { generation, seq, units } => {
+            LinkMsg::StepUp { generation, seq, units, chain } => {
                 if c.role != Role::Standby {
                     return LinkAction::None;
                 }
                 Self::detach_standby(&mut c);
-                c.db = Database::from_units(units, seq);
+                c.db = Database::from_units(units, seq, chain);
                 c.seq = seq;
                 c.standby_generation = generation;
                 c.synced = true;
@@ -522,8 +535,26 @@ impl Agent {
             LinkMsg::Heartbeat => LinkAction::None,
             LinkMsg::Resync { reason } => {
                 tracing::warn!("standby asks for a fresh step-up: {reason}");
-                self.maybe_step_up(&mut c);
+                self.step_up(&mut c, false);
                 LinkAction::None
+            }
+            LinkMsg::Continue { generation, seq, chain } => {
+                if c.role != Role::Standby {
+                    return LinkAction::None;
+                }
+                if c.seq != seq || c.db.chain() != chain {
+                    let reason = format!("state differs from the active's (update {} here, {seq} there)", c.seq);
+                    tracing::warn!("{reason}; asking for a full step-up");
+                    c.synced = false;
+                    Self::send_peer(&mut c, LinkMsg::Resync { reason });
+                    return LinkAction::None;
+                }
+                Self::detach_standby(&mut c);
+                c.standby_generation = generation;
+                c.synced = true;
+                c.stepups += 1;
+                tracing::info!(generation, seq, "step-up confirmed by history chain");
+                LinkAction::Registered(generation, seq)
             }
         }
     }

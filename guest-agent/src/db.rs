@@ -25,11 +25,13 @@ pub struct Database {
     units: BTreeMap<String, WorkUnit>,
     /// request id -> sequence number that applied it.
     applied: HashMap<String, u64>,
+    /// Hash chained over every applied (seq, request id): see [`hitless_protocol::chain`].
+    chain: u64,
 }
 
 impl Database {
-    /// Rebuild from a step-up snapshot.
-    pub fn from_units(units: Vec<WorkUnit>, seq: u64) -> Self {
+    /// Rebuild from a step-up snapshot, continuing the active's history `chain`.
+    pub fn from_units(units: Vec<WorkUnit>, seq: u64, chain: u64) -> Self {
         let mut applied = HashMap::new();
         for u in &units {
             for op in &u.ops {
@@ -37,7 +39,12 @@ impl Database {
                 applied.insert(op.clone(), seq);
             }
         }
-        Database { units: units.into_iter().map(|u| (u.id.clone(), u)).collect(), applied }
+        Database { units: units.into_iter().map(|u| (u.id.clone(), u)).collect(), applied, chain }
+    }
+
+    /// The history chain of everything applied (continued from the last step-up).
+    pub fn chain(&self) -> u64 {
+        self.chain
     }
 
     /// The sequence number that applied request `id`, if it was applied.
@@ -87,6 +94,7 @@ impl Database {
             u.ops.push(req.id.clone());
         }
         self.applied.insert(req.id.clone(), seq);
+        self.chain = hitless_protocol::chain(self.chain, seq, &req.id);
         Ok(())
     }
 
@@ -135,8 +143,13 @@ mod tests {
         let mut db = Database::default();
         db.apply(&req("r1", Operation::Open { unit: "a".into(), fields: Default::default() }), 1).unwrap();
         db.apply(&req("r2", Operation::SetPriority { unit: "a".into(), priority: 4 }), 2).unwrap();
-        let copy = Database::from_units(db.units(), 2);
+        let mut copy = Database::from_units(db.units(), 2, db.chain());
         assert_eq!(copy.units(), db.units());
+        // The copy continues the history: the same next update gives the same chain.
+        let next = req("r3", Operation::Close { unit: "a".into() });
+        db.apply(&next, 3).unwrap();
+        copy.apply(&next, 3).unwrap();
+        assert_eq!(copy.chain(), db.chain());
         assert!(copy.applied("r1").is_some() && copy.applied("r2").is_some());
         assert_eq!(copy.units()[0].priority, Some(4));
     }

@@ -61,7 +61,8 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HITLESS_AGENT_LOG").unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .with_ansi(false)
-        .without_time()
+        // Seconds since the agent started: the guest has no synchronized clock.
+        .with_timer(tracing_subscriber::fmt::time::uptime())
         .init();
     let s = match settings(&a) {
         Ok(s) => s,

@@ -29,7 +29,10 @@
 //! of [`LinkMsg::Update`]s (database activities, numbered `seq + 1, + 2, ...`).
 //! The standby answers [`LinkMsg::Registered`] per update; on a gap it sends
 //! [`LinkMsg::Resync`] and the active starts a fresh step-up with a new
-//! `generation`.
+//! `generation`. Each side chains a hash over the updates it applied; after a
+//! switchover the demoted active already holds the new active's state, and a
+//! [`LinkMsg::Continue`] confirms it by that chain instead of sending every
+//! unit again, which shortens the service gap.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -246,6 +249,9 @@ pub struct Hello {
     pub role: Role,
     /// Epoch of the last role command applied.
     pub epoch: u64,
+    /// Last run-state update applied; `None` from an agent that cannot take a [`LinkMsg::Continue`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// Messages between the two agents over the inter-VM link.
@@ -262,6 +268,20 @@ pub enum LinkMsg {
         seq: u64,
         /// Every work unit.
         units: Vec<WorkUnit>,
+        /// The active's history [`chain`] at `seq`, which the standby continues.
+        #[serde(default)]
+        chain: u64,
+    },
+    /// Step-up of a standby that already holds the active's state (the demoted
+    /// active after a switchover): no units, only the history [`chain`] to
+    /// confirm it. A standby whose history differs answers [`LinkMsg::Resync`].
+    Continue {
+        /// Step-up generation; updates of older generations are ignored.
+        generation: u64,
+        /// Sequence number the standby's state must reflect.
+        seq: u64,
+        /// The active's history [`chain`] at `seq`.
+        chain: u64,
     },
     /// One run-state update: a database activity.
     Update {
@@ -438,8 +458,18 @@ pub fn link_feature(msg: &LinkMsg) -> Option<&'static str> {
     match msg {
         LinkMsg::StepUp { units, .. } => units.iter().find(|u| u.priority.is_some()).map(|_| FEATURE_PRIORITY),
         LinkMsg::Update { request, .. } => request.op.feature(),
-        LinkMsg::Hello(_) | LinkMsg::Heartbeat | LinkMsg::Registered { .. } | LinkMsg::Resync { .. } => None,
+        LinkMsg::Hello(_) | LinkMsg::Heartbeat | LinkMsg::Registered { .. } | LinkMsg::Resync { .. } | LinkMsg::Continue { .. } => None,
     }
+}
+
+/// The history chain after applying request `id` at `seq` to a state whose
+/// chain was `prev` (FNV-1a): two processors with equal sequence numbers and
+/// equal chains applied the same updates, so they hold the same state.
+pub fn chain(prev: u64, seq: u64, id: &str) -> u64 {
+    seq.to_le_bytes()
+        .iter()
+        .chain(id.as_bytes())
+        .fold(prev ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Encode a link message, refusing any feature not in `negotiated`

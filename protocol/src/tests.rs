@@ -26,7 +26,7 @@ fn update(op: Operation) -> LinkMsg {
 fn v2_with_features_off_is_read_by_v1() {
     // 2.0.0 with features disabled: negotiated set is empty whatever the peer supports.
     let neg = negotiated(&v1(), &v1());
-    let snap = LinkMsg::StepUp { generation: 1, seq: 3, units: vec![unit("a", None)] };
+    let snap = LinkMsg::StepUp { generation: 1, seq: 3, units: vec![unit("a", None)], chain: 0 };
     let line = encode_link(&snap, &neg).unwrap();
     assert!(!String::from_utf8_lossy(&line).contains("priority"));
     assert_eq!(decode_link(&line, &v1()).unwrap(), snap);
@@ -39,7 +39,7 @@ fn v1_output_is_read_by_v2() {
     let upd = update(Operation::Open { unit: "a".into(), fields: Default::default() });
     let line = encode_link(&upd, &v1()).unwrap();
     assert_eq!(decode_link(&line, &v2()).unwrap(), upd);
-    let snap = LinkMsg::StepUp { generation: 2, seq: 9, units: vec![unit("a", None), unit("b", None)] };
+    let snap = LinkMsg::StepUp { generation: 2, seq: 9, units: vec![unit("a", None), unit("b", None)], chain: 0 };
     assert_eq!(decode_link(&encode_link(&snap, &v1()).unwrap(), &v2()).unwrap(), snap);
 }
 
@@ -49,7 +49,7 @@ fn feature_content_is_not_encoded_unless_negotiated() {
     // Enabled locally but the peer (1.0.0) does not support it.
     let neg = negotiated(&v2(), &v1());
     assert!(matches!(encode_link(&upd, &neg), Err(ProtocolError::NotNegotiated(f)) if f == FEATURE_PRIORITY));
-    let snap = LinkMsg::StepUp { generation: 1, seq: 1, units: vec![unit("a", Some(2))] };
+    let snap = LinkMsg::StepUp { generation: 1, seq: 1, units: vec![unit("a", Some(2))], chain: 0 };
     assert!(matches!(encode_link(&snap, &neg), Err(ProtocolError::NotNegotiated(_))));
     // Both 2.0.0 and enabled: it goes through and 2.0.0 reads it.
     let neg = negotiated(&v2(), &v2());
@@ -63,7 +63,7 @@ fn feature_content_is_not_encoded_unless_negotiated() {
 fn v1_rejects_feature_content_instead_of_dropping_it() {
     let line = to_line(&update(Operation::SetPriority { unit: "a".into(), priority: 1 })).unwrap();
     assert!(matches!(decode_link(&line, &v1()), Err(ProtocolError::Unsupported(f)) if f == FEATURE_PRIORITY));
-    let line = to_line(&LinkMsg::StepUp { generation: 1, seq: 1, units: vec![unit("a", Some(1))] }).unwrap();
+    let line = to_line(&LinkMsg::StepUp { generation: 1, seq: 1, units: vec![unit("a", Some(1))], chain: 0 }).unwrap();
     assert!(matches!(decode_link(&line, &v1()), Err(ProtocolError::Unsupported(_))));
 }
 
@@ -95,4 +95,15 @@ fn work_reply_ids() {
     assert_eq!(r.id(), "x");
     let line = to_line(&r).unwrap();
     assert_eq!(from_line::<WorkReply>(&line).unwrap(), r);
+}
+
+#[test]
+fn the_chain_tells_the_same_history_from_another() {
+    let h = |ids: &[(u64, &str)]| ids.iter().fold(0, |c, (seq, id)| chain(c, *seq, id));
+    assert_eq!(h(&[(1, "a"), (2, "b")]), h(&[(1, "a"), (2, "b")]));
+    assert_ne!(h(&[(1, "a"), (2, "b")]), h(&[(1, "b"), (2, "a")]));
+    assert_ne!(h(&[(1, "a"), (2, "b")]), h(&[(1, "a"), (2, "c")]));
+    // A confirmation carries no units, so no feature: both versions read it.
+    let msg = LinkMsg::Continue { generation: 2, seq: 9, chain: 77 };
+    assert_eq!(decode_link(&encode_link(&msg, &v1()).unwrap(), &v1()).unwrap(), msg);
 }

@@ -21,6 +21,8 @@ struct Wire {
     reply_tx: ReplyTx,
     /// The active's end of the link.
     a_conn: u64,
+    /// Everything delivered to p121.
+    to_a_log: Vec<LinkMsg>,
 }
 
 impl Wire {
@@ -31,7 +33,7 @@ impl Wire {
         let a_conn = a.link_up(ta);
         b.link_up(tb);
         let (reply_tx, replies) = unbounded_channel();
-        let mut w = Wire { a, b, to_b, to_a, replies, reply_tx, a_conn };
+        let mut w = Wire { a, b, to_b, to_a, replies, reply_tx, a_conn, to_a_log: Vec::new() };
         w.pump(|_| false);
         w
     }
@@ -56,7 +58,11 @@ impl Wire {
             }
             while let Ok(m) = self.to_a.try_recv() {
                 moved = true;
-                self.a.on_link(m);
+                self.to_a_log.push(m.clone());
+                // After a switchover p121 is the standby: its registrations go back.
+                if let LinkAction::Registered(generation, seq) = self.a.on_link(m) {
+                    self.b.on_link(LinkMsg::Registered { generation, seq });
+                }
             }
             if !moved {
                 return delivered;
@@ -106,7 +112,7 @@ fn step_up_carries_all_state_then_each_ack_waits_for_registration() {
 
     w.b.set_role(Role::Standby, 2).unwrap();
     let got = w.pump(|_| false);
-    assert!(matches!(&got[..], [.., LinkMsg::StepUp { generation: 1, seq: 2, units }] if units.len() == 2), "{got:?}");
+    assert!(matches!(&got[..], [.., LinkMsg::StepUp { generation: 1, seq: 2, units, .. }] if units.len() == 2), "{got:?}");
     assert!(w.b.status().replication.synced && w.same_state());
 
     // Synchronous: no ack until the standby registered the update.
@@ -212,4 +218,54 @@ fn a_demoted_active_whose_standby_dies_refuses_what_was_in_flight() {
     let r = w.replies.try_recv().unwrap();
     assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w1"), "{r:?}");
     assert!(w.replies.try_recv().is_err());
+}
+
+/// Switch roles: p121 demoted (it keeps its state), p122 promoted.
+fn switch_over(w: &mut Wire) -> Vec<LinkMsg> {
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.pump(|_| false);
+    w.b.set_role(Role::Active, 4).unwrap();
+    w.to_a_log.clear();
+    w.pump(|_| false);
+    std::mem::take(&mut w.to_a_log)
+}
+
+#[test]
+fn after_a_switchover_the_demoted_active_is_stepped_up_by_its_history_chain_alone() {
+    let mut w = Wire::paired();
+    for n in 1..=3 {
+        w.open(n);
+    }
+    w.pump(|_| false);
+    let got = switch_over(&mut w);
+    assert!(matches!(&got[..], [.., LinkMsg::Continue { generation: 1, seq: 3, .. }]), "{got:?}");
+    assert!(!got.iter().any(|m| matches!(m, LinkMsg::StepUp { .. })), "{got:?}");
+    let s = w.a.status();
+    assert!(s.replication.synced && s.replication.generation == 1, "{s:?}");
+    // Work at the new active is acked once p121 registered it.
+    let req = WorkRequest { id: "w9".into(), op: Operation::Open { unit: "u9".into(), fields: Default::default() } };
+    w.b.work(req, &w.reply_tx);
+    w.pump(|_| false);
+    assert!(w.acks().iter().any(|(id, registered)| id == "w9" && *registered));
+    assert!(w.same_state());
+}
+
+#[test]
+fn a_standby_whose_state_differs_at_the_same_seq_gets_everything() {
+    let mut w = Wire::paired();
+    // p122 registers a different update 1 than the one p121 applied: same seq, other state.
+    w.open(1);
+    let generation = w.b.status().replication.generation;
+    let other = WorkRequest { id: "x".into(), op: Operation::Open { unit: "other".into(), fields: Default::default() } };
+    w.pump(|m| matches!(m, LinkMsg::Update { .. }));
+    let LinkAction::Registered(g, s) = w.b.on_link(LinkMsg::Update { generation, seq: 1, request: other }) else { panic!() };
+    w.a.on_link(LinkMsg::Registered { generation: g, seq: s });
+    assert!(!w.same_state());
+
+    let got = switch_over(&mut w);
+    // The chains differ: p121 asks for a resync and gets a full step-up of p122's state.
+    assert!(got.iter().any(|m| matches!(m, LinkMsg::Continue { .. })), "{got:?}");
+    assert!(got.iter().any(|m| matches!(m, LinkMsg::StepUp { generation: 2, .. })), "{got:?}");
+    assert!(w.a.status().replication.synced);
+    assert!(w.same_state());
 }
