@@ -1,5 +1,6 @@
 //! Guest-side settings: the orchestrator passes the processor's identity on
-//! the kernel command line (`hitless.name=`, `hitless.peer=`, `hitless.dial=`),
+//! the kernel command line (`hitless.name=`, `hitless.peer=`, `hitless.dial=`,
+//! and `hitless.log=` when the host's `HITLESS_AGENT_LOG` asks for more logging),
 //! so one boot image serves every processor and version.
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -13,6 +14,8 @@ pub struct Cmdline {
     pub peer: Ipv6Addr,
     /// Whether this side dials the link (the other side accepts).
     pub dial: bool,
+    /// Log filter (`hitless.log=debug`), if the host asked for one.
+    pub log: Option<String>,
 }
 
 /// Parse `hitless.*` parameters out of a kernel command line.
@@ -22,7 +25,7 @@ pub fn parse_cmdline(line: &str) -> Result<Cmdline, String> {
     let peer = get("hitless.peer").ok_or("kernel command line lacks hitless.peer=")?;
     let peer = peer.parse().map_err(|e| format!("hitless.peer={peer}: {e}"))?;
     let dial = get("hitless.dial") == Some("1");
-    Ok(Cmdline { name, peer, dial })
+    Ok(Cmdline { name, peer, dial, log: get("hitless.log").map(str::to_string) })
 }
 
 /// The peer's link address, scoped to the link interface.

@@ -33,16 +33,18 @@ struct Args {
     dial: Option<SocketAddr>,
 }
 
-fn settings(a: &Args) -> Result<Settings, String> {
-    let (name, dial) = if a.from_cmdline {
+/// The settings, and the log filter the kernel command line asks for.
+fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
+    let (name, dial, log) = if a.from_cmdline {
         let line = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
         let c = guest::parse_cmdline(&line)?;
         let dial = if c.dial { Some(guest::peer_addr(c.peer, "eth0", LINK_PORT)?) } else { None };
-        (c.name, dial)
+        (c.name, dial, c.log)
     } else {
-        (a.name.clone().ok_or("--name or --from-cmdline is required")?, a.dial)
+        (a.name.clone().ok_or("--name or --from-cmdline is required")?, a.dial, None)
     };
-    Ok(Settings { name, control: a.control.parse()?, work: a.work.parse()?, link_listen: a.link_listen, dial, build: Build::compiled() })
+    let s = Settings { name, control: a.control.parse()?, work: a.work.parse()?, link_listen: a.link_listen, dial, build: Build::compiled() };
+    Ok((s, log))
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,20 +59,21 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HITLESS_AGENT_LOG").unwrap_or_else(|_| "info".into()))
-        .with_target(false)
-        .with_ansi(false)
-        // Seconds since the agent started: the guest has no synchronized clock.
-        .with_timer(tracing_subscriber::fmt::time::uptime())
-        .init();
-    let s = match settings(&a) {
+    let (s, log) = match settings(&a) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hitless-agent: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    let filter = log.or_else(|| std::env::var("HITLESS_AGENT_LOG").ok()).unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .with_ansi(false)
+        // Seconds since the agent started: the guest has no synchronized clock.
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

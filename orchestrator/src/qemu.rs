@@ -45,6 +45,8 @@ pub struct MachineSpec<'a> {
     pub peer_addr: &'a str,
     /// Whether this processor dials the link.
     pub dial: bool,
+    /// The agent's log filter (`HITLESS_AGENT_LOG` on the host), if any.
+    pub agent_log: Option<&'a str>,
     /// vsock device.
     pub vsock: &'a VsockDevice,
 }
@@ -92,6 +94,9 @@ pub fn boot_args(m: &MachineSpec) -> Vec<String> {
     let mut append = format!("{KERNEL_CMDLINE} hitless.name={} hitless.peer={}", m.processor.name, m.peer_addr);
     if m.dial {
         append.push_str(" hitless.dial=1");
+    }
+    if let Some(log) = m.agent_log.filter(|l| !l.is_empty() && !l.contains(char::is_whitespace)) {
+        append.push_str(&format!(" hitless.log={log}"));
     }
     let mut v = Vec::new();
     if Path::new(QBOOT).is_file() {
@@ -188,6 +193,7 @@ mod tests {
             link_remote: Path::new("/run/p121/link.sock"),
             peer_addr: "fe80::5054:ff:fe00:121",
             dial: true,
+            agent_log: None,
             vsock: &vs,
         };
         let argv = argv(&m).join("\n").replace(&format!("-bios\n{QBOOT}\n"), "");
@@ -210,6 +216,7 @@ mod tests {
             link_remote: Path::new("b"),
             peer_addr: "fe80::1",
             dial: false,
+            agent_log: None,
             vsock: &vs,
         };
         let a = argv(&m);

@@ -468,6 +468,7 @@ impl Testbed {
         // A restarted QEMU binds its link socket again; the dead one's file would block it.
         let _ = std::fs::remove_file(&link);
         let _ = std::fs::remove_file(&qmp);
+        let agent_log = std::env::var("HITLESS_AGENT_LOG").ok();
         let spec = MachineSpec {
             processor: &me,
             accel: self.state.accel,
@@ -480,6 +481,7 @@ impl Testbed {
             link_remote: &link_peer,
             peer_addr: &peer_addr,
             dial: self.names().first().map(String::as_str) != Some(name),
+            agent_log: agent_log.as_deref(),
             vsock: &vsock,
         };
         let argv = qemu::argv(&spec);
