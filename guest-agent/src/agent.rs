@@ -369,13 +369,17 @@ impl Agent {
         }
     }
 
-    /// Serve one work request (the reply goes to `tx`, maybe later).
-    pub fn work(&self, req: WorkRequest, tx: &ReplyTx) {
+    /// Serve one work request (the reply goes to `tx`, maybe later). False
+    /// when refused because this processor is not active: the caller then
+    /// stops reading that connection, so that no later request on it (say the
+    /// update of a unit whose open was just refused) is applied should this
+    /// processor become active again.
+    pub fn work(&self, req: WorkRequest, tx: &ReplyTx) -> bool {
         let mut c = self.lock();
         if c.role != Role::Active {
             let active = c.peer.as_ref().and_then(|p| p.hello.as_ref()).filter(|h| h.role == Role::Active).map(|h| h.name.clone());
             let _ = tx.send(WorkReply::NotActive { id: req.id, role: c.role, active });
-            return;
+            return false;
         }
         let (seq, duplicate) = match c.db.applied(&req.id) {
             Some(seq) => (seq, true),
@@ -383,18 +387,18 @@ impl Agent {
                 if let Some(f) = req.op.feature() {
                     if !c.enabled.contains(f) {
                         let _ = tx.send(WorkReply::Rejected { id: req.id, reason: format!("feature `{f}` is not enabled") });
-                        return;
+                        return true;
                     }
                 }
                 if let Err(e) = c.db.validate(&req.op) {
                     let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
-                    return;
+                    return true;
                 }
                 let seq = c.seq + 1;
                 if let Err(e) = c.db.apply(&req, seq) {
                     c.errors += 1;
                     let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
-                    return;
+                    return true;
                 }
                 c.seq = seq;
                 if c.standby_attached {
@@ -411,6 +415,7 @@ impl Agent {
         } else {
             let _ = tx.send(WorkReply::Ack { id: req.id, seq, registered: c.standby_attached, duplicate });
         }
+        true
     }
 
     /// A link connection came up; `tx` reaches the peer. Returns the connection id.

@@ -125,7 +125,12 @@ pub async fn work(agent: Arc<Agent>, stream: Box<dyn Stream>) {
             Ok(_) => {}
         }
         match from_line::<WorkRequest>(&line) {
-            Ok(req) => agent.work(req, &tx),
+            Ok(req) => {
+                if !agent.work(req, &tx) {
+                    // Not active: read nothing more here; the client resends elsewhere, in order.
+                    break;
+                }
+            }
             Err(e) => {
                 let _ = tx.send(WorkReply::Rejected { id: String::new(), reason: format!("bad request: {e}") });
             }

@@ -126,7 +126,12 @@ async fn one_connection(
                     f.simplex += 1;
                 }
             }
-            WorkReply::NotActive { .. } | WorkReply::Rejected { .. } => f.refused += 1,
+            WorkReply::Rejected { .. } => f.refused += 1,
+            WorkReply::NotActive { .. } => {
+                // Not the active: it reads nothing more on this connection.
+                f.refused += 1;
+                return Ok(f);
+            }
         }
     }
 }

@@ -89,6 +89,17 @@ enum Cmd {
         /// Features to enable (default: every feature the active processor's version supports).
         features: Vec<String>,
     },
+    /// Rehearse the rolling upgrade on the simulated pair: the same procedure,
+    /// journal, workload, invariants and transcript, with the processors as
+    /// real agents in this process instead of VMs (a second or two, no QEMU).
+    ///
+    /// Versions come from the config like for `upgrade`; the run directory
+    /// (default: the testbed's, suffixed `-simulated`) keeps the transcript.
+    Simulate {
+        /// Target version (a key of `versions:` in the config).
+        #[arg(long)]
+        to: String,
+    },
     /// Stop everything the testbed runs and remove its run directory. Idempotent.
     Down,
 }
@@ -256,6 +267,21 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             }
             hitless::upgrade::enable_features(&tb, &features).await.context("enabling features")?;
             Ok(())
+        }
+        Cmd::Simulate { to } => {
+            let cfg = Config::load(&cli.config)?;
+            let run = match &cli.run_dir {
+                Some(d) => RunDir::new(d),
+                None => RunDir::default_for(&format!("{}-simulated", cfg.name)),
+            };
+            // The simulated pair lives in this process: whatever a previous rehearsal left is only files.
+            if run.root.exists() {
+                std::fs::remove_dir_all(&run.root).with_context(|| format!("clearing {}", run.root.display()))?;
+            }
+            let mut tb = Testbed::simulated(cfg, run, events).await?;
+            let opts = hitless::upgrade::Options { resume: false, workload: true };
+            let report = hitless::upgrade::upgrade(&mut tb, to, opts).await?;
+            finish_report(&tb, &report)
         }
         Cmd::Down => {
             let run = run_dir(&cli, None)?;

@@ -258,3 +258,27 @@ async fn enabling_is_refused_while_the_pair_is_mixed() {
     let err = tb.set_role("p121", Role::Standby).await.err().unwrap().to_string();
     assert!(err.contains("cannot become standby") && err.contains(FEATURE_PRIORITY), "{err}");
 }
+
+#[test]
+fn hitless_simulate_rehearses_the_upgrade_and_exits_by_its_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |to: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hitless"))
+            .args(["simulate", "--to", to, "--run-dir"])
+            .arg(tmp.path().join("run"))
+            .arg("--config")
+            .arg(common::repo().join("vm-configs/pair.yaml"))
+            .output()
+            .unwrap()
+    };
+    let out = run("2.0.0");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("summary (completed)") && !stdout.contains("FAIL"), "{stdout}");
+    assert!(tmp.path().join("run/transcript.yaml").is_file());
+    // Not acceptable: rolled back, exit code 2; an unknown version: environment, 3.
+    assert_eq!(run("2.0.0-bad-eval").status.code(), Some(2));
+    let out = run("9.9");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("version 9.9 is not in"), "{}", String::from_utf8_lossy(&out.stderr));
+}

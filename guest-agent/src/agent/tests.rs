@@ -82,7 +82,7 @@ impl Wire {
 
     fn open(&self, n: u32) {
         let req = WorkRequest { id: format!("w{n}"), op: Operation::Open { unit: format!("u{n}"), fields: Default::default() } };
-        self.a.work(req, &self.reply_tx);
+        assert!(self.a.work(req, &self.reply_tx), "p121 is not active");
     }
 
     fn acks(&mut self) -> Vec<(String, bool)> {
@@ -244,9 +244,12 @@ fn after_a_switchover_the_demoted_active_is_stepped_up_by_its_history_chain_alon
     assert!(s.replication.synced && s.replication.generation == 1, "{s:?}");
     // Work at the new active is acked once p121 registered it.
     let req = WorkRequest { id: "w9".into(), op: Operation::Open { unit: "u9".into(), fields: Default::default() } };
-    w.b.work(req, &w.reply_tx);
+    assert!(w.b.work(req, &w.reply_tx));
     w.pump(|_| false);
     assert!(w.acks().iter().any(|(id, registered)| id == "w9" && *registered));
+    // The demoted p121 refuses work, and says so to its caller (which stops reading).
+    let req = WorkRequest { id: "w10".into(), op: Operation::Open { unit: "u10".into(), fields: Default::default() } };
+    assert!(!w.a.work(req, &w.reply_tx));
     assert!(w.same_state());
 }
 
