@@ -39,10 +39,25 @@ pub struct SimPair {
     running: Mutex<BTreeMap<String, Running>>,
     /// Processors whose next start fails (an injected fault).
     fail_next: Mutex<std::collections::BTreeSet<String>>,
+    /// Why each processor's agent last stopped on its own, for error messages.
+    exits: std::sync::Arc<Mutex<BTreeMap<String, String>>>,
 }
 
+/// A free loopback port below the ephemeral range (32768 and up on Linux):
+/// a port the kernel handed out could be taken by some outgoing connection
+/// before a restarted processor binds it again.
 fn free_port() -> std::io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
+    use std::hash::{BuildHasher, Hasher};
+    let seed = std::collections::hash_map::RandomState::new();
+    for attempt in 0u32..200 {
+        let mut h = seed.build_hasher();
+        h.write_u32(attempt);
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr();
+        }
+    }
+    Err(std::io::Error::other("no free loopback port in 20000-31999"))
 }
 
 impl SimPair {
@@ -52,7 +67,7 @@ impl SimPair {
         for n in names {
             addrs.insert(n.clone(), Addrs { control: free_port()?, work: free_port()?, link: free_port()? });
         }
-        Ok(SimPair { names: names.to_vec(), addrs, running: Mutex::new(BTreeMap::new()), fail_next: Default::default() })
+        Ok(SimPair { names: names.to_vec(), addrs, running: Mutex::new(BTreeMap::new()), fail_next: Default::default(), exits: Default::default() })
     }
 
     fn addrs(&self, name: &str) -> std::io::Result<Addrs> {
@@ -72,6 +87,7 @@ impl SimPair {
         if self.fail_next.lock().unwrap_or_else(|e| e.into_inner()).remove(name) {
             return Err(std::io::Error::other("injected fault: this start fails"));
         }
+        self.exits.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let me = self.addrs(name)?;
         // As in the guests, every processor but the first dials the first.
         let dial = match self.names.first() {
@@ -82,12 +98,17 @@ impl SimPair {
             Settings { name: name.into(), control: Endpoint::Tcp(me.control), work: Endpoint::Tcp(me.work), link_listen: me.link, dial, build };
         let (stop, stopped) = oneshot::channel();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (exits, me_name) = (self.exits.clone(), name.to_string());
         let thread = std::thread::Builder::new().name(format!("sim-{name}")).spawn(move || {
             rt.block_on(async {
-                tokio::select! {
-                    r = hitless_agent::run(settings) => if let Err(e) = r { tracing::warn!("simulated agent: {e}") },
-                    _ = stopped => {}
-                }
+                let why = tokio::select! {
+                    r = hitless_agent::run(settings) => match r {
+                        Ok(exit) => format!("agent exited: {exit:?}"),
+                        Err(e) => format!("agent failed: {e}"),
+                    },
+                    _ = stopped => return,
+                };
+                exits.lock().unwrap_or_else(|e| e.into_inner()).insert(me_name, why);
             });
             // Drops every task, and with them every socket, before the thread ends.
             rt.shutdown_timeout(Duration::from_secs(1));
@@ -108,6 +129,11 @@ impl SimPair {
     /// Fault injection: the next start of `name` fails, as a boot that never comes up.
     pub fn fail_next_start(&self, name: &str) {
         self.fail_next.lock().unwrap_or_else(|e| e.into_inner()).insert(name.into());
+    }
+
+    /// Why `name`'s agent last stopped on its own (failed to bind, crashed), if it did.
+    pub fn exit_reason(&self, name: &str) -> Option<String> {
+        self.exits.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
     /// Whether `name`'s agent is running (a crashing build ends on its own).

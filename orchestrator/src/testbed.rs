@@ -506,6 +506,10 @@ impl Testbed {
     }
 
     fn boot_error(&self, name: &str, why: String) -> TestbedError {
+        if let Machines::Sim(sim) = &self.machines {
+            let serial = sim.exit_reason(name).unwrap_or_default();
+            return TestbedError::Boot { processor: name.into(), why, serial, qemu: String::new() };
+        }
         TestbedError::Boot {
             processor: name.into(),
             why,

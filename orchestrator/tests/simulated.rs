@@ -277,7 +277,9 @@ fn hitless_simulate_rehearses_the_upgrade_and_exits_by_its_outcome() {
     assert!(stdout.contains("summary (completed)") && !stdout.contains("FAIL"), "{stdout}");
     assert!(tmp.path().join("run/transcript.yaml").is_file());
     // Not acceptable: rolled back, exit code 2; an unknown version: environment, 3.
-    assert_eq!(run("2.0.0-bad-eval").status.code(), Some(2));
+    let out = run("2.0.0-bad-eval");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{said}");
     let out = run("9.9");
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("version 9.9 is not in"), "{}", String::from_utf8_lossy(&out.stderr));
