@@ -74,7 +74,8 @@ fn main() -> std::process::ExitCode {
         // Seconds since the agent started: the guest has no synchronized clock.
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: a guest has one vCPU, and under TCG every cross-thread wake-up is costly.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hitless-agent: runtime: {e}");
