@@ -220,13 +220,9 @@ impl Agent {
         Self::release(c, None, false);
     }
 
-    /// Start a step-up of the peer if this processor is active and the peer is a standby we can pair with.
-    fn maybe_step_up(&self, c: &mut Core) {
-        self.step_up(c, true)
-    }
-
-    /// Step up the peer: confirm its state by digest when it says it is at our
-    /// sequence number and `confirm` allows (not after a Resync), else send it all.
+    /// Step up the peer if this processor is active and the peer is a standby we
+    /// can pair with: confirm its state by the history chain when it says it is
+    /// at our sequence number and `confirm` allows (not after a Resync), else send it all.
     fn step_up(&self, c: &mut Core, confirm: bool) {
         let peer_hello = c.peer.as_ref().and_then(|p| p.hello.clone());
         let Some(h) = peer_hello else { return };
@@ -289,7 +285,7 @@ impl Agent {
         }
         self.announce(&mut c);
         if to == Role::Active && from != Role::Active {
-            self.maybe_step_up(&mut c);
+            self.step_up(&mut c, true);
         }
         self.changed.notify_waiters();
         Ok((c.role, c.epoch))
@@ -484,7 +480,7 @@ impl Agent {
                 }
                 if c.role == Role::Active {
                     if peer_role == Role::Standby {
-                        self.maybe_step_up(&mut c);
+                        self.step_up(&mut c, true);
                     } else {
                         Self::detach_standby(&mut c);
                     }

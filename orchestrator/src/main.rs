@@ -274,6 +274,10 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 Some(d) => RunDir::new(d),
                 None => RunDir::default_for(&format!("{}-simulated", cfg.name)),
             };
+            // A VM testbed's run directory holds pid files of live processes: never clear that.
+            if run.load_state().is_ok_and(|st| st.accel != hitless::accel::Accel::Simulated) {
+                return Err(TestbedError::AlreadyUp(run.root.clone()).into());
+            }
             // The simulated pair lives in this process: whatever a previous rehearsal left is only files.
             if run.root.exists() {
                 std::fs::remove_dir_all(&run.root).with_context(|| format!("clearing {}", run.root.display()))?;

@@ -342,8 +342,7 @@ impl Testbed {
             self.wait_agent(n, *boot).await?;
         }
         self.set_role(&names[0], Role::Active).await?;
-        self.set_role(&names[1], Role::Standby).await?;
-        self.wait_standby_current(&names[1]).await?;
+        self.make_standby(&names[1]).await?;
         self.wait_peers_seen().await
     }
 
@@ -422,16 +421,19 @@ impl Testbed {
         let build = self.sim_build(version)?;
         let t0 = Instant::now();
         sim.start(name, build).map_err(|e| TestbedError::Environment(format!("simulated processor {name}: {e}")))?;
-        let boots = self.proc_state(name).boots + 1;
-        {
-            let st = self.proc_state(name);
-            st.boots = boots;
-            st.version = version.to_string();
-        }
-        self.save()?;
         let image = self.version_info(version)?.image;
-        self.events.emit(Event::ProcessorStarted { processor: name.into(), version: version.into(), image, overlay: "-".into(), pid: 0 });
+        self.record_start(name, version, image, "-".into(), 0)?;
         Ok(Boot { t0, serial_offset: 0 })
+    }
+
+    /// A processor started booting `version`: count the boot, remember the version, say so.
+    fn record_start(&mut self, name: &str, version: &str, image: String, overlay: String, pid: u32) -> Result<(), TestbedError> {
+        let st = self.proc_state(name);
+        st.boots += 1;
+        st.version = version.to_string();
+        self.save()?;
+        self.events.emit(Event::ProcessorStarted { processor: name.into(), version: version.into(), image, overlay, pid });
+        Ok(())
     }
 
     /// Start a processor's QEMU booting `version` from a fresh overlay; returns its start time.
@@ -489,19 +491,7 @@ impl Testbed {
         let t0 = Instant::now();
         let helper = process::spawn(&self.cfg.qemu, &argv, &self.run.qemu_log(name), &self.run.qemu_pid(name))
             .map_err(|source| TestbedError::Process { processor: name.into(), source })?;
-        {
-            let st = self.proc_state(name);
-            st.boots = boots;
-            st.version = version.to_string();
-        }
-        self.save()?;
-        self.events.emit(Event::ProcessorStarted {
-            processor: name.into(),
-            version: version.into(),
-            image: app.path.display().to_string(),
-            overlay: overlay.display().to_string(),
-            pid: helper.pid,
-        });
+        self.record_start(name, version, app.path.display().to_string(), overlay.display().to_string(), helper.pid)?;
         Ok(Boot { t0, serial_offset })
     }
 
@@ -651,40 +641,35 @@ impl Testbed {
     /// fresh QEMU on a new overlay of that version's image, same identity.
     /// Returns what QMP shows it booted.
     pub async fn reload(&mut self, name: &str, version: &str) -> Result<AppDisk, TestbedError> {
+        // Resolve first: a missing image must fail before the processor goes down.
+        let info = self.version_info(version)?;
+        let was = self.version_info(&self.version_of(name)).map(|i| i.image).unwrap_or_else(|_| "-".into());
+        self.stop_processor(name).await;
+        let boot = self.start_processor(name, version).await?;
+        let hello = self.wait_agent(name, boot).await?;
+        let fail = |message: String| Err(TestbedError::Agent { processor: name.into(), message });
+        if hello.version != info.version {
+            return fail(format!("agent reports {}, expected {}", hello.version, info.version));
+        }
         if let Machines::Sim(_) = &self.machines {
-            let info = self.version_info(version)?;
-            self.stop_processor(name).await;
-            let boot = self.start_processor(name, version).await?;
-            let hello = self.wait_agent(name, boot).await?;
-            if hello.version != info.version {
-                return Err(TestbedError::Agent { processor: name.into(), message: format!("agent reports {}, expected {}", hello.version, info.version) });
-            }
             return Ok(AppDisk { overlay: "-".into(), backing: info.image });
         }
-        // Build first: a missing image must fail before the processor goes down.
-        let app = self.app(version)?;
-        let before = self.qmp_app_disk(name).await.ok();
-        self.stop_processor(name).await;
-        let boot = self.start_qemu(name, version).await?;
-        let hello = self.wait_agent(name, boot).await?;
         let after = self.qmp_app_disk(name).await?;
-        let from = before.map(|d| d.backing).unwrap_or_else(|| "-".into());
         self.events.emit(Event::Qmp {
             processor: name.into(),
             action: "query-named-block-nodes".into(),
-            detail: format!("app disk now {} over {} (was over {from})", file_name(&after.overlay), file_name(&after.backing)),
+            detail: format!("app disk now {} over {} (was over {})", file_name(&after.overlay), file_name(&after.backing), file_name(&was)),
         });
-        if after.backing != app.path.display().to_string() {
-            return Err(TestbedError::Agent {
-                processor: name.into(),
-                message: format!("QMP shows backing image {}, expected {}", after.backing, app.path.display()),
-            });
-        }
-        let want = app.manifest.get("version").and_then(|v| v.as_str()).unwrap_or_default();
-        if hello.version != want {
-            return Err(TestbedError::Agent { processor: name.into(), message: format!("agent reports {}, expected {want}", hello.version) });
+        if after.backing != info.image {
+            return fail(format!("QMP shows backing image {}, expected {}", after.backing, info.image));
         }
         Ok(after)
+    }
+
+    /// Make `name` standby and wait until its step-up from the other is complete.
+    pub async fn make_standby(&mut self, name: &str) -> Result<(), TestbedError> {
+        self.set_role(name, Role::Standby).await?;
+        self.wait_standby_current(name).await
     }
 
     /// QMP's view of the app disk.

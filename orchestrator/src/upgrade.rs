@@ -299,8 +299,7 @@ impl Run<'_> {
                 Ok(Outcome::Done)
             }
             Step::StandbyOnNew => {
-                self.tb.set_role(&second, Role::Standby).await?;
-                self.tb.wait_standby_current(&second).await?;
+                self.tb.make_standby(&second).await?;
                 Ok(Outcome::Done)
             }
             Step::SwitchOverAndEvaluate => {
@@ -315,8 +314,7 @@ impl Run<'_> {
                 Ok(Outcome::Done)
             }
             Step::OtherStandby => {
-                self.tb.set_role(&first, Role::Standby).await?;
-                self.tb.wait_standby_current(&first).await?;
+                self.tb.make_standby(&first).await?;
                 Ok(Outcome::Done)
             }
             Step::EnableFeatures => {
@@ -447,15 +445,13 @@ impl Run<'_> {
                 let x = names.iter().find(|n| Some(*n) != active.as_ref()).cloned().unwrap_or_default();
                 self.tb.set_role(&x, Role::OutOfService).await.ok();
                 self.tb.reload(&x, from).await?;
-                self.tb.set_role(&x, Role::Standby).await?;
-                self.tb.wait_standby_current(&x).await?;
+                self.tb.make_standby(&x).await?;
                 continue;
             };
             let other = self.tb.peer_of(&o);
             if active.as_deref() != Some(o.as_str()) {
                 if ost.is_some_and(|s| s.hello.role != Role::Standby) {
-                    self.tb.set_role(&o, Role::Standby).await?;
-                    self.tb.wait_standby_current(&o).await?;
+                    self.tb.make_standby(&o).await?;
                 }
                 self.switch_over(&other, &o, "204-fallback").await?;
             }

@@ -123,7 +123,8 @@ async fn the_load_probe_counts_only_acks_the_standby_registered() {
     assert!(f.registered > 50, "{f:?}");
     assert_eq!((f.simplex, f.refused), (0, 0));
     assert_eq!(f.latencies_us.len() as u64, f.registered);
-    assert!(f.latency_ms(0.99) >= f.latency_ms(0.5));
+    // Every ack took a round trip through both agents.
+    assert!(f.latency_ms(0.0) > 0.0, "a zero latency was recorded");
     // Every ack was registered first, so the standby holds all of it.
     let (seq, units) = dump(&a).await;
     assert_eq!(seq, f.registered);
