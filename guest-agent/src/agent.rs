@@ -151,22 +151,21 @@ impl Agent {
     /// Why this processor and the peer cannot pair, if they cannot.
     fn pairing_problem(&self, c: &Core, peer: &Hello) -> Option<String> {
         if peer.proto != PROTOCOL_VERSION {
-            return Some(format!("peer {} speaks protocol {}, this processor {}", peer.name, peer.proto, PROTOCOL_VERSION));
+            return Some(format!(
+                "peer {} speaks protocol {}, this processor {}",
+                peer.name, peer.proto, PROTOCOL_VERSION
+            ));
         }
         if let Some(f) = peer.enabled.iter().find(|f| !self.supported.contains(*f)) {
             return Some(format!(
                 "feature `{f}` is enabled on peer {} ({}), but this processor runs {}, which does not support it",
-                peer.name,
-                peer.version,
-                self.build.version
+                peer.name, peer.version, self.build.version
             ));
         }
         if let Some(f) = c.enabled.iter().find(|f| !peer.supported.contains(*f)) {
             return Some(format!(
                 "feature `{f}` is enabled on this processor ({}), but peer {} runs {}, which does not support it",
-                self.build.version,
-                peer.name,
-                peer.version
+                self.build.version, peer.name, peer.version
             ));
         }
         None
@@ -333,7 +332,10 @@ impl Agent {
             return Ok(());
         }
         if !self.supported.contains(feature) {
-            return Err(format!("this processor runs {}, which does not support feature `{feature}`", self.build.version));
+            return Err(format!(
+                "this processor runs {}, which does not support feature `{feature}`",
+                self.build.version
+            ));
         }
         let peer = c.peer.as_ref().and_then(|p| p.hello.clone());
         match peer {
@@ -373,7 +375,12 @@ impl Agent {
     pub fn work(&self, req: WorkRequest, tx: &ReplyTx) -> bool {
         let mut c = self.lock();
         if c.role != Role::Active {
-            let active = c.peer.as_ref().and_then(|p| p.hello.as_ref()).filter(|h| h.role == Role::Active).map(|h| h.name.clone());
+            let active = c
+                .peer
+                .as_ref()
+                .and_then(|p| p.hello.as_ref())
+                .filter(|h| h.role == Role::Active)
+                .map(|h| h.name.clone());
             let _ = tx.send(WorkReply::NotActive { id: req.id, role: c.role, active });
             return false;
         }
@@ -382,7 +389,8 @@ impl Agent {
             None => {
                 if let Some(f) = req.op.feature() {
                     if !c.enabled.contains(f) {
-                        let _ = tx.send(WorkReply::Rejected { id: req.id, reason: format!("feature `{f}` is not enabled") });
+                        let _ = tx
+                            .send(WorkReply::Rejected { id: req.id, reason: format!("feature `{f}` is not enabled") });
                         return true;
                     }
                 }
@@ -448,7 +456,8 @@ impl Agent {
     /// Features that may shape what goes to the peer now.
     pub fn negotiated(&self) -> FeatureSet {
         let c = self.lock();
-        let peer_supported = c.peer.as_ref().and_then(|p| p.hello.as_ref()).map(|h| h.supported.clone()).unwrap_or_default();
+        let peer_supported =
+            c.peer.as_ref().and_then(|p| p.hello.as_ref()).map(|h| h.supported.clone()).unwrap_or_default();
         hitless_protocol::negotiated(&c.enabled, &peer_supported)
     }
 
@@ -466,7 +475,11 @@ impl Agent {
                 }
                 // A newer active peer fences a stale active: never two actives.
                 if c.role == Role::Active && h.role == Role::Active && h.epoch > c.epoch {
-                    tracing::warn!(peer_epoch = h.epoch, epoch = c.epoch, "peer is active at a newer epoch; stepping down");
+                    tracing::warn!(
+                        peer_epoch = h.epoch,
+                        epoch = c.epoch,
+                        "peer is active at a newer epoch; stepping down"
+                    );
                     c.role = Role::Standby;
                     c.synced = false;
                     c.standby_generation = 0;
@@ -577,7 +590,8 @@ impl Agent {
             hello: h,
             connected: true,
         });
-        let peer = peer.or_else(|| c.last_peer.clone().map(|h| PeerStatus { hello: h, connected: false, refused: None }));
+        let peer =
+            peer.or_else(|| c.last_peer.clone().map(|h| PeerStatus { hello: h, connected: false, refused: None }));
         Status {
             hello: self.hello_of(&c),
             peer,
@@ -616,21 +630,31 @@ impl Agent {
         // (passed, reason) per check; informational lines always pass.
         let mut checks: Vec<(bool, String)> = Vec::new();
         let mut check = |good: bool, yes: String, no: String| checks.push((good, if good { yes } else { no }));
-        check(was_active, format!("active for the whole window ({} ms)", window.as_millis()), "not active for the whole evaluation window".into());
+        check(
+            was_active,
+            format!("active for the whole window ({} ms)", window.as_millis()),
+            "not active for the whole evaluation window".into(),
+        );
         let errs = after.errors - before.errors;
         check(errs == 0, "no internal errors".into(), format!("{errs} internal errors during the window"));
         let served = after.served - before.served;
         check(true, format!("served {served} work requests during the window"), String::new());
         match &after.peer {
             Some(p) if p.connected && p.hello.role == Role::Standby => check(
-                after.replication.lag <= hitless_protocol::CURRENT_LAG && after.replication.registered.is_some() && !after.replication.simplex,
+                after.replication.lag <= hitless_protocol::CURRENT_LAG
+                    && after.replication.registered.is_some()
+                    && !after.replication.simplex,
                 format!("replication to standby {} current", p.hello.name),
                 format!("replication to standby {} lags by {} updates", p.hello.name, after.replication.lag),
             ),
             _ => check(true, "no standby attached (simplex)".into(), String::new()),
         }
         if self.build.flaw == Some(Flaw::BadEval) {
-            check(false, String::new(), "self-test failed: this build (test image 2.0.0-bad-eval) is deliberately flawed".into());
+            check(
+                false,
+                String::new(),
+                "self-test failed: this build (test image 2.0.0-bad-eval) is deliberately flawed".into(),
+            );
         }
         let ok = checks.iter().all(|(g, _)| *g);
         let failed = checks.iter().filter(|(g, _)| !g).map(|(_, r)| r.clone()).collect();

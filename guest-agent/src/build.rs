@@ -37,7 +37,9 @@ impl Build {
     /// This binary's build.
     pub fn compiled() -> Build {
         let mut names = Vec::new();
-        for (on, name) in [(cfg!(feature = "v2"), "v2"), (cfg!(feature = "bad-eval"), "bad-eval"), (cfg!(feature = "crash"), "crash")] {
+        for (on, name) in
+            [(cfg!(feature = "v2"), "v2"), (cfg!(feature = "bad-eval"), "bad-eval"), (cfg!(feature = "crash"), "crash")]
+        {
             if on {
                 names.push(name);
             }

@@ -71,7 +71,13 @@ impl Database {
             Operation::Open { unit, fields } => {
                 self.units.insert(
                     unit.clone(),
-                    WorkUnit { id: unit.clone(), state: UnitState::Open, fields: fields.clone(), priority: None, ops: vec![] },
+                    WorkUnit {
+                        id: unit.clone(),
+                        state: UnitState::Open,
+                        fields: fields.clone(),
+                        priority: None,
+                        ops: vec![],
+                    },
                 );
             }
             Operation::Update { unit, fields } => {
@@ -127,7 +133,8 @@ mod tests {
     fn lifecycle_and_history() {
         let mut db = Database::default();
         db.apply(&req("r1", Operation::Open { unit: "u".into(), fields: Default::default() }), 1).unwrap();
-        db.apply(&req("r2", Operation::Update { unit: "u".into(), fields: [("k".into(), "v".into())].into() }), 2).unwrap();
+        db.apply(&req("r2", Operation::Update { unit: "u".into(), fields: [("k".into(), "v".into())].into() }), 2)
+            .unwrap();
         db.apply(&req("r3", Operation::Close { unit: "u".into() }), 3).unwrap();
         let u = &db.units()[0];
         assert_eq!(u.ops, vec!["r1", "r2", "r3"]);

@@ -43,7 +43,8 @@ mod tests {
 
     #[test]
     fn parses_identity() {
-        let c = parse_cmdline("console=ttyS0 quiet hitless.name=p122 hitless.peer=fe80::5054:ff:fe00:1 hitless.dial=1").unwrap();
+        let c = parse_cmdline("console=ttyS0 quiet hitless.name=p122 hitless.peer=fe80::5054:ff:fe00:1 hitless.dial=1")
+            .unwrap();
         assert_eq!(c.name, "p122");
         assert_eq!(c.peer, "fe80::5054:ff:fe00:1".parse::<Ipv6Addr>().unwrap());
         assert!(c.dial);

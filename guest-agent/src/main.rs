@@ -3,7 +3,10 @@
 //! as flags and it listens on TCP.
 
 use clap::Parser;
-use hitless_agent::{build::{self, Build}, guest, Exit, Settings};
+use hitless_agent::{
+    build::{self, Build},
+    guest, Exit, Settings,
+};
 use hitless_protocol::{CONTROL_PORT, LINK_PORT, WORK_PORT};
 use std::net::{Ipv6Addr, SocketAddr};
 
@@ -43,7 +46,14 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
     } else {
         (a.name.clone().ok_or("--name or --from-cmdline is required")?, a.dial, None)
     };
-    let s = Settings { name, control: a.control.parse()?, work: a.work.parse()?, link_listen: a.link_listen, dial, build: Build::compiled() };
+    let s = Settings {
+        name,
+        control: a.control.parse()?,
+        work: a.work.parse()?,
+        link_listen: a.link_listen,
+        dial,
+        build: Build::compiled(),
+    };
     Ok((s, log))
 }
 

@@ -50,16 +50,16 @@ pub fn check(from: Role, to: Role, epoch: u64, current: u64, facts: &Facts) -> R
         return Err(RoleError::StaleEpoch { got: epoch, current });
     }
     let peer_active = |e: u64| match &facts.peer {
-        Some((name, Role::Active, pe)) if *pe >= e => Err(RoleError::PeerActive {
-            peer: name.clone(),
-            peer_epoch: *pe,
-            epoch: e,
-        }),
+        Some((name, Role::Active, pe)) if *pe >= e => {
+            Err(RoleError::PeerActive { peer: name.clone(), peer_epoch: *pe, epoch: e })
+        }
         _ => Ok(()),
     };
     match (from, to) {
         // Idempotent: the same command again (e.g. a retry) is fine.
-        (Role::Active, Role::Active) | (Role::Standby, Role::Standby) | (Role::OutOfService, Role::OutOfService) => Ok(()),
+        (Role::Active, Role::Active) | (Role::Standby, Role::Standby) | (Role::OutOfService, Role::OutOfService) => {
+            Ok(())
+        }
         // A fresh start: no standby state to lose.
         (Role::OutOfService, Role::Active) => peer_active(epoch),
         (Role::Standby, Role::Active) => {
@@ -102,10 +102,7 @@ mod tests {
     fn older_epochs_are_rejected_in_every_pair() {
         for from in ROLES {
             for to in ROLES {
-                assert_eq!(
-                    check(from, to, 3, 4, &Facts::default()),
-                    Err(RoleError::StaleEpoch { got: 3, current: 4 })
-                );
+                assert_eq!(check(from, to, 3, 4, &Facts::default()), Err(RoleError::StaleEpoch { got: 3, current: 4 }));
             }
         }
     }

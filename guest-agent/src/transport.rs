@@ -42,9 +42,10 @@ impl Listener {
     /// Bind the endpoint.
     pub async fn bind(ep: &Endpoint) -> std::io::Result<Self> {
         Ok(match ep {
-            Endpoint::Vsock(port) => {
-                Listener::Vsock(tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port))?)
-            }
+            Endpoint::Vsock(port) => Listener::Vsock(tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                tokio_vsock::VMADDR_CID_ANY,
+                *port,
+            ))?),
             Endpoint::Tcp(a) => Listener::Tcp(tokio::net::TcpListener::bind(a).await?),
         })
     }

@@ -19,12 +19,17 @@ const LOAD: (usize, usize, std::time::Duration) = (4, 32, std::time::Duration::f
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg_path = std::env::args().skip_while(|a| a != "--config").nth(1).unwrap_or_else(|| "vm-configs/pair.yaml".into());
+    let cfg_path =
+        std::env::args().skip_while(|a| a != "--config").nth(1).unwrap_or_else(|| "vm-configs/pair.yaml".into());
     let (mut up, mut boot, mut upg, mut gaps) = (vec![], vec![], vec![], vec![]);
     let mut accel = String::new();
     let runs = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(RUNS);
@@ -36,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
         let events = Events::new();
         let t = Instant::now();
         let result = async {
-            let mut tb = Testbed::up(Config::load(std::path::Path::new(&cfg_path))?, run.clone(), events.clone()).await?;
+            let mut tb =
+                Testbed::up(Config::load(std::path::Path::new(&cfg_path))?, run.clone(), events.clone()).await?;
             up.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
             let r = upgrade::upgrade(&mut tb, "2.0.0", Options { resume: false, workload: true }).await?;
@@ -70,7 +76,10 @@ async fn main() -> anyhow::Result<()> {
     let maxg = gaps.iter().cloned().fold(0.0, f64::max);
     println!("accelerator                 {accel}");
     println!("hitless up (boot, roles, step-up) median {:.2} s", median(&mut up));
-    println!("boot -> agent ready (guest) median {mb:.2} s   target {target_boot:.1} s   ratio {:.1}x", mb / target_boot);
+    println!(
+        "boot -> agent ready (guest) median {mb:.2} s   target {target_boot:.1} s   ratio {:.1}x",
+        mb / target_boot
+    );
     println!("full upgrade 1.0.0 -> 2.0.0 median {mu:.2} s   target 10 s    ratio {:.2}x", mu / 10.0);
     println!("service gap per switchover  median {mg:.0} ms  max {maxg:.0} ms  target 50 ms  ratio {:.1}x", mg / 50.0);
     latency.latencies_us.sort_unstable();
@@ -82,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
         LOAD.1,
         mr / 20000.0
     );
-    println!("ack latency (synchronous)   median {p50:.2} ms  p99 {p99:.2} ms   target p99 5 ms   ratio {:.1}x", p99 / 5.0);
+    println!(
+        "ack latency (synchronous)   median {p50:.2} ms  p99 {p99:.2} ms   target p99 5 ms   ratio {:.1}x",
+        p99 / 5.0
+    );
     println!("acks not registered by the standby during the probe: {simplex}");
     println!("runs with an invariant violated: {lost} of {runs}");
     Ok(())

@@ -42,7 +42,11 @@ impl HostKvm {
     pub fn probe() -> Self {
         let device_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
         let cpu_virt = std::fs::read_to_string("/proc/cpuinfo")
-            .map(|s| s.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm")))
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.starts_with("flags"))
+                    .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+            })
             .unwrap_or(false);
         HostKvm { device_usable, cpu_virt }
     }

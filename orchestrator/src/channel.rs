@@ -73,7 +73,8 @@ impl Channel {
                 Ok(Box::new(s))
             }
             Channel::User(uds) => {
-                let mut s = tokio::net::UnixStream::connect(uds).await.map_err(|e| err(format!("{}: {e}", uds.display())))?;
+                let mut s =
+                    tokio::net::UnixStream::connect(uds).await.map_err(|e| err(format!("{}: {e}", uds.display())))?;
                 s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(|e| err(e.to_string()))?;
                 // Read the "OK <port>" line byte by byte: nothing after it may be consumed here.
                 let mut line = Vec::new();
@@ -126,7 +127,10 @@ impl AgentClient {
             self.writer.write_all(&to_line(req)?).await?;
             let mut line = Vec::new();
             if self.reader.read_until(b'\n', &mut line).await? == 0 {
-                return Err(ChannelError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "agent closed the connection")));
+                return Err(ChannelError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "agent closed the connection",
+                )));
             }
             Ok(from_line(&line)?)
         };

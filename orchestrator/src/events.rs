@@ -173,7 +173,13 @@ impl Default for Events {
 impl Events {
     /// A stream with no sinks (it still records).
     pub fn new() -> Self {
-        Events { inner: Arc::new(Inner { start: Instant::now(), entries: Mutex::new(Vec::new()), sinks: Mutex::new(Vec::new()) }) }
+        Events {
+            inner: Arc::new(Inner {
+                start: Instant::now(),
+                entries: Mutex::new(Vec::new()),
+                sinks: Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     /// Add a sink.
@@ -207,8 +213,12 @@ pub fn render(e: &Entry) -> String {
     let body = match &e.event {
         Event::Progress { message } => message.clone(),
         Event::Accelerator { accel, reason } => format!("accelerator: {accel} ({reason})"),
-        Event::ProcessorStarted { processor, version, image, .. } => format!("{processor}: booting {version} from {image}"),
-        Event::AgentReady { processor, version, boot_ms } => format!("{processor}: agent {version} ready after {boot_ms} ms"),
+        Event::ProcessorStarted { processor, version, image, .. } => {
+            format!("{processor}: booting {version} from {image}")
+        }
+        Event::AgentReady { processor, version, boot_ms } => {
+            format!("{processor}: agent {version} ready after {boot_ms} ms")
+        }
         Event::Qmp { processor, action, detail } => format!("{processor}: QMP {action}: {detail}"),
         Event::Role { processor, role, epoch } => format!("{processor}: now {role} (epoch {epoch})"),
         Event::ProcessorStopped { processor, how } => format!("{processor}: stopped ({how})"),
@@ -219,10 +229,16 @@ pub fn render(e: &Entry) -> String {
         }
         Event::Feature { processor, feature, result } => format!("{processor}: feature {feature}: {result}"),
         Event::Evaluation { processor, acceptable, reasons } => {
-            format!("{processor}: evaluation: {} ({})", if *acceptable { "acceptable" } else { "NOT acceptable" }, reasons.join("; "))
+            format!(
+                "{processor}: evaluation: {} ({})",
+                if *acceptable { "acceptable" } else { "NOT acceptable" },
+                reasons.join("; ")
+            )
         }
         Event::ServiceGap { step, gap_ms } => format!("service gap at step {step}: {gap_ms} ms"),
-        Event::Invariant { name, ok, detail } => format!("invariant {name}: {} ({detail})", if *ok { "ok" } else { "VIOLATED" }),
+        Event::Invariant { name, ok, detail } => {
+            format!("invariant {name}: {} ({detail})", if *ok { "ok" } else { "VIOLATED" })
+        }
         Event::Outcome { result, message } => format!("outcome: {result}: {message}"),
     };
     format!("{t} {body}")

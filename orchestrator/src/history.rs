@@ -34,7 +34,12 @@ pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
     let detail = if ok {
         format!("{} acked work requests, all applied exactly once", acked.len())
     } else {
-        format!("{} acked; lost: {:?}; applied twice: {:?}", acked.len(), lost.iter().take(10).collect::<Vec<_>>(), twice.iter().take(10).collect::<Vec<_>>())
+        format!(
+            "{} acked; lost: {:?}; applied twice: {:?}",
+            acked.len(),
+            lost.iter().take(10).collect::<Vec<_>>(),
+            twice.iter().take(10).collect::<Vec<_>>()
+        )
     };
     Verdict { name: "no-acked-work-lost-or-applied-twice", ok, detail }
 }
@@ -43,7 +48,8 @@ pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
 /// talks to one processor at a time, so this can only change at a switchover;
 /// two processors serving at once would show up as extra changes.
 pub fn ack_handovers(history: &History) -> usize {
-    let acks: Vec<&str> = history.records.iter().filter(|r| r.kind == Kind::Ack).map(|r| r.processor.as_str()).collect();
+    let acks: Vec<&str> =
+        history.records.iter().filter(|r| r.kind == Kind::Ack).map(|r| r.processor.as_str()).collect();
     acks.windows(2).filter(|w| w[0] != w[1]).count()
 }
 
@@ -93,7 +99,13 @@ mod tests {
     use hitless_protocol::UnitState;
 
     fn unit(id: &str, ops: &[&str]) -> WorkUnit {
-        WorkUnit { id: id.into(), state: UnitState::Open, fields: Default::default(), priority: None, ops: ops.iter().map(|s| s.to_string()).collect() }
+        WorkUnit {
+            id: id.into(),
+            state: UnitState::Open,
+            fields: Default::default(),
+            priority: None,
+            ops: ops.iter().map(|s| s.to_string()).collect(),
+        }
     }
     fn ack(id: &str) -> Record {
         Record { seq: Some(1), registered: Some(true), ..Record::new(0, Kind::Ack, id, "p") }
@@ -113,9 +125,17 @@ mod tests {
 
     #[test]
     fn two_actives_are_caught() {
-        let role = |t, p: &str, r: &str, e| Entry { at_ms: t, event: Event::Role { processor: p.into(), role: r.into(), epoch: e } };
+        let role = |t, p: &str, r: &str, e| Entry {
+            at_ms: t,
+            event: Event::Role { processor: p.into(), role: r.into(), epoch: e },
+        };
         let none = History::default();
-        let good = [role(0, "a", "active", 1), role(1, "b", "standby", 2), role(2, "a", "standby", 3), role(3, "b", "active", 4)];
+        let good = [
+            role(0, "a", "active", 1),
+            role(1, "b", "standby", 2),
+            role(2, "a", "standby", 3),
+            role(3, "b", "active", 4),
+        ];
         assert!(never_two_actives(&good, &none, 1).ok);
         let bad = [role(0, "a", "active", 1), role(1, "b", "active", 2)];
         assert!(!never_two_actives(&bad, &none, 1).ok);

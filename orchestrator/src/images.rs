@@ -191,7 +191,8 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
         run(Command::new("depmod").arg("-b").arg(&cfg.kernel_dir).arg(&rel))?;
     }
     let dep_text = std::fs::read_to_string(&dep).map_err(io(&dep))?;
-    let modules = resolve_modules(&dep_text, ROOT_MODULES).map_err(|detail| ImageError::Tool { cmd: "resolve modules".into(), detail })?;
+    let modules = resolve_modules(&dep_text, ROOT_MODULES)
+        .map_err(|detail| ImageError::Tool { cmd: "resolve modules".into(), detail })?;
     let mod_files: Vec<PathBuf> = modules.iter().map(|m| moddir.join(m)).collect();
     let mut h = Sha256::new();
     h.update(INIT);

@@ -52,7 +52,12 @@ impl Figures {
 
 /// Drive the active behind `ch` for `duration` with `connections` connections,
 /// each keeping `window` requests in flight.
-pub async fn measure(ch: &Channel, connections: usize, window: usize, duration: Duration) -> Result<Figures, ChannelError> {
+pub async fn measure(
+    ch: &Channel,
+    connections: usize,
+    window: usize,
+    duration: Duration,
+) -> Result<Figures, ChannelError> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {

@@ -150,9 +150,9 @@ fn code_of(e: &anyhow::Error) -> u8 {
         return r.code;
     }
     match e.downcast_ref::<TestbedError>() {
-        Some(TestbedError::Environment(_) | TestbedError::AlreadyUp(_) | TestbedError::NotUp(_) | TestbedError::Image(_)) => {
-            exit::ENVIRONMENT
-        }
+        Some(
+            TestbedError::Environment(_) | TestbedError::AlreadyUp(_) | TestbedError::NotUp(_) | TestbedError::Image(_),
+        ) => exit::ENVIRONMENT,
         Some(TestbedError::Interrupted) => exit::INTERRUPTED,
         _ => exit::FAILED,
     }
@@ -187,11 +187,19 @@ async fn print_status(tb: &Testbed, json: bool) {
         "PROC", "QEMU", "ROLE", "VERSION", "EPOCH", "FEATURES", "IMAGE", "SEQ", "LAG", "PEER (over link)"
     );
     for p in st {
-        let img = p.app_disk.as_ref().map(|d| d.backing.rsplit('/').next().unwrap_or("").to_string()).unwrap_or_else(|| "-".into());
+        let img = p
+            .app_disk
+            .as_ref()
+            .map(|d| d.backing.rsplit('/').next().unwrap_or("").to_string())
+            .unwrap_or_else(|| "-".into());
         let qemu = p.run_state.clone().unwrap_or_else(|| "down".into());
         match &p.agent {
             Ok(a) => {
-                let feats = if a.hello.enabled.is_empty() { "-".to_string() } else { a.hello.enabled.iter().cloned().collect::<Vec<_>>().join(",") };
+                let feats = if a.hello.enabled.is_empty() {
+                    "-".to_string()
+                } else {
+                    a.hello.enabled.iter().cloned().collect::<Vec<_>>().join(",")
+                };
                 let peer = match &a.peer {
                     Some(pp) if pp.connected => format!("{} {} {}", pp.hello.name, pp.hello.version, pp.hello.role),
                     Some(pp) => format!("{} (link down)", pp.hello.name),
@@ -200,14 +208,26 @@ async fn print_status(tb: &Testbed, json: bool) {
                 let r = &a.replication;
                 let repl = match a.hello.role {
                     hitless_protocol::Role::Active if r.simplex => "simplex".to_string(),
-                    hitless_protocol::Role::Active => format!("sending, registered {}", r.registered.map_or("-".into(), |s| s.to_string())),
+                    hitless_protocol::Role::Active => {
+                        format!("sending, registered {}", r.registered.map_or("-".into(), |s| s.to_string()))
+                    }
                     hitless_protocol::Role::Standby if r.synced => format!("registered (step-ups {})", r.stepups),
                     hitless_protocol::Role::Standby => "awaiting step-up".into(),
                     hitless_protocol::Role::OutOfService => "-".into(),
                 };
                 println!(
                     "{:<6} {:<8} {:<15} {:<8} {:<7} {:<18} {:<34} {:>5} {:>5} {:<28} {}",
-                    p.name, qemu, a.hello.role.to_string(), a.hello.version, a.hello.epoch, feats, img, r.seq, r.lag, peer, repl
+                    p.name,
+                    qemu,
+                    a.hello.role.to_string(),
+                    a.hello.version,
+                    a.hello.epoch,
+                    feats,
+                    img,
+                    r.seq,
+                    r.lag,
+                    peer,
+                    repl
                 );
             }
             Err(e) => println!("{:<6} {:<8} {:<15} {:<8} agent unreachable: {e}", p.name, qemu, "?", p.booted_version),
@@ -239,7 +259,10 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             if *dry_run {
                 let to = to.clone().unwrap_or_default();
                 let p = hitless::upgrade::plan(&tb, &to).await?;
-                println!("plan: upgrade {} -> {} ({} active first, {} upgraded first); nothing will change", p.from, p.to, p.first, p.second);
+                println!(
+                    "plan: upgrade {} -> {} ({} active first, {} upgraded first); nothing will change",
+                    p.from, p.to, p.first, p.second
+                );
                 for line in hitless::upgrade::describe_plan(&tb, &p) {
                     println!("  {line}");
                 }

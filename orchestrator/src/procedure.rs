@@ -153,9 +153,11 @@ pub fn next(step: Step, outcome: Outcome) -> Result<Step, InvalidTransition> {
         (EnableFeatures, Error) => Ok(Failed),
         (Fallback, Done) => Ok(RolledBack),
         (Fallback, Error) => Ok(Failed),
-        (Initial | IsolateStandby | ReloadStandby | StandbyOnNew | Fallback | ReloadOther | OtherStandby | EnableFeatures, NotAcceptable) => {
-            invalid
-        }
+        (
+            Initial | IsolateStandby | ReloadStandby | StandbyOnNew | Fallback | ReloadOther | OtherStandby
+            | EnableFeatures,
+            NotAcceptable,
+        ) => invalid,
         (Completed | RolledBack | Failed, Done | NotAcceptable | Error) => invalid,
     }
 }

@@ -89,7 +89,10 @@ impl Qmp {
             .iter()
             .find(|n| n.node_name.as_deref() == Some(crate::qemu::APP_NODE))
             .ok_or(QmpError::Command { command: "query-named-block-nodes", detail: "no app node".into() })?;
-        Ok(AppDisk { overlay: node.image.base.filename.clone(), backing: node.image.base.backing_filename.clone().unwrap_or_default() })
+        Ok(AppDisk {
+            overlay: node.image.base.filename.clone(),
+            backing: node.image.base.backing_filename.clone().unwrap_or_default(),
+        })
     }
 
     /// `query-block`: the device's view, to cross-check the node's.

@@ -67,7 +67,13 @@ impl SimPair {
         for n in names {
             addrs.insert(n.clone(), Addrs { control: free_port()?, work: free_port()?, link: free_port()? });
         }
-        Ok(SimPair { names: names.to_vec(), addrs, running: Mutex::new(BTreeMap::new()), fail_next: Default::default(), exits: Default::default() })
+        Ok(SimPair {
+            names: names.to_vec(),
+            addrs,
+            running: Mutex::new(BTreeMap::new()),
+            fail_next: Default::default(),
+            exits: Default::default(),
+        })
     }
 
     fn addrs(&self, name: &str) -> std::io::Result<Addrs> {
@@ -94,8 +100,14 @@ impl SimPair {
             Some(first) if first != name => Some(self.addrs(first)?.link),
             _ => None,
         };
-        let settings =
-            Settings { name: name.into(), control: Endpoint::Tcp(me.control), work: Endpoint::Tcp(me.work), link_listen: me.link, dial, build };
+        let settings = Settings {
+            name: name.into(),
+            control: Endpoint::Tcp(me.control),
+            work: Endpoint::Tcp(me.work),
+            link_listen: me.link,
+            dial,
+            build,
+        };
         let (stop, stopped) = oneshot::channel();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (exits, me_name) = (self.exits.clone(), name.to_string());

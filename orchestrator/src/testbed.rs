@@ -108,7 +108,11 @@ impl Timeouts {
     /// Timeouts for `accel`.
     pub fn for_accel(accel: Accel) -> Self {
         let k = if accel == Accel::Tcg { 3 } else { 1 };
-        Timeouts { boot: Duration::from_secs(20 * k), request: Duration::from_secs(10 * k), stepup: Duration::from_secs(10 * k) }
+        Timeouts {
+            boot: Duration::from_secs(20 * k),
+            request: Duration::from_secs(10 * k),
+            stepup: Duration::from_secs(10 * k),
+        }
     }
 }
 
@@ -243,8 +247,15 @@ impl Testbed {
         events.progress("building images (cached by content)");
         let boot = images::boot_image(&cfg)?;
         let state = State::initial(&cfg, accel, reason.clone(), vsock);
-        let mut tb =
-            Testbed { timeouts: Timeouts::for_accel(accel), cfg, run, state, machines: Machines::Qemu(boot), events, apps: Default::default() };
+        let mut tb = Testbed {
+            timeouts: Timeouts::for_accel(accel),
+            cfg,
+            run,
+            state,
+            machines: Machines::Qemu(boot),
+            events,
+            apps: Default::default(),
+        };
         // The initial version's image, before anything is created or started.
         let initial = tb.cfg.initial_version.clone();
         tb.app(&initial)?;
@@ -318,7 +329,11 @@ impl Testbed {
             }
             Machines::Sim(_) => {
                 let b = self.sim_build(version)?;
-                let image = format!("(simulated: hitless-agent {}{})", b.version, b.flaw.map(|f| format!(", flaw {f:?}")).unwrap_or_default());
+                let image = format!(
+                    "(simulated: hitless-agent {}{})",
+                    b.version,
+                    b.flaw.map(|f| format!(", flaw {f:?}")).unwrap_or_default()
+                );
                 Ok(VersionInfo { version: b.version, image, features: b.features })
             }
         }
@@ -357,7 +372,15 @@ impl Testbed {
             )));
         }
         let boot = images::boot_image(&cfg)?;
-        Ok(Testbed { timeouts: Timeouts::for_accel(state.accel), cfg, run, state, machines: Machines::Qemu(boot), events, apps: Default::default() })
+        Ok(Testbed {
+            timeouts: Timeouts::for_accel(state.accel),
+            cfg,
+            run,
+            state,
+            machines: Machines::Qemu(boot),
+            events,
+            apps: Default::default(),
+        })
     }
 
     /// The app image of `version`, built if needed (once per testbed).
@@ -396,15 +419,21 @@ impl Testbed {
     }
 
     async fn start_vsock_daemon(&self, name: &str) -> Result<(), TestbedError> {
-        let p = self.cfg.processor(name).ok_or_else(|| TestbedError::Environment(format!("unknown processor {name}")))?;
+        let p =
+            self.cfg.processor(name).ok_or_else(|| TestbedError::Environment(format!("unknown processor {name}")))?;
         let uds = self.run.vsock_uds(name);
         let sock = self.run.vhost_user(name);
         for f in [&uds, &sock] {
             let _ = std::fs::remove_file(f);
         }
         let arg = format!("guest-cid={},socket={},uds-path={}", p.cid, sock.display(), uds.display());
-        process::spawn(&self.cfg.vhost_device_vsock, &["--vm".into(), arg], &self.run.vsock_log(name), &self.run.vsock_pid(name))
-            .map_err(|source| TestbedError::Process { processor: name.into(), source })?;
+        process::spawn(
+            &self.cfg.vhost_device_vsock,
+            &["--vm".into(), arg],
+            &self.run.vsock_log(name),
+            &self.run.vsock_pid(name),
+        )
+        .map_err(|source| TestbedError::Process { processor: name.into(), source })?;
         // QEMU connects to the daemon's socket at start: wait for it to exist.
         let expired = || TestbedError::Boot {
             processor: name.into(),
@@ -427,12 +456,25 @@ impl Testbed {
     }
 
     /// A processor started booting `version`: count the boot, remember the version, say so.
-    fn record_start(&mut self, name: &str, version: &str, image: String, overlay: String, pid: u32) -> Result<(), TestbedError> {
+    fn record_start(
+        &mut self,
+        name: &str,
+        version: &str,
+        image: String,
+        overlay: String,
+        pid: u32,
+    ) -> Result<(), TestbedError> {
         let st = self.proc_state(name);
         st.boots += 1;
         st.version = version.to_string();
         self.save()?;
-        self.events.emit(Event::ProcessorStarted { processor: name.into(), version: version.into(), image, overlay, pid });
+        self.events.emit(Event::ProcessorStarted {
+            processor: name.into(),
+            version: version.into(),
+            image,
+            overlay,
+            pid,
+        });
         Ok(())
     }
 
@@ -459,14 +501,23 @@ impl Testbed {
             )));
         }
         let peer = self.peer_of(name);
-        let me = self.cfg.processor(name).cloned().ok_or_else(|| TestbedError::Environment(format!("unknown processor {name}")))?;
+        let me = self
+            .cfg
+            .processor(name)
+            .cloned()
+            .ok_or_else(|| TestbedError::Environment(format!("unknown processor {name}")))?;
         let peer_addr = self.cfg.processor(&peer).map(|p| p.link_local()).unwrap_or_default();
         let vsock = match self.state.vsock {
             VsockKind::Kernel => VsockDevice::Kernel(me.cid),
             VsockKind::User => VsockDevice::User(self.run.vhost_user(name)),
-            VsockKind::Tcp => return Err(TestbedError::Environment("loopback TCP is the simulated pair's channel, not a guest's".into())),
+            VsockKind::Tcp => {
+                return Err(TestbedError::Environment(
+                    "loopback TCP is the simulated pair's channel, not a guest's".into(),
+                ))
+            }
         };
-        let (qmp, serial, link, link_peer) = (self.run.qmp(name), self.run.serial(name), self.run.link(name), self.run.link(&peer));
+        let (qmp, serial, link, link_peer) =
+            (self.run.qmp(name), self.run.serial(name), self.run.link(name), self.run.link(&peer));
         // A restarted QEMU binds its link socket again; the dead one's file would block it.
         let _ = std::fs::remove_file(&link);
         let _ = std::fs::remove_file(&qmp);
@@ -543,7 +594,11 @@ impl Testbed {
         };
         let expired = || self.boot_error(name, format!("agent did not answer within {:?}", self.timeouts.boot));
         let h = wait_until(budget, BOOT_POLL, probe, expired).await?;
-        self.events.emit(Event::AgentReady { processor: name.into(), version: h.version.clone(), boot_ms: boot.t0.elapsed().as_millis() as u64 });
+        self.events.emit(Event::AgentReady {
+            processor: name.into(),
+            version: h.version.clone(),
+            boot_ms: boot.t0.elapsed().as_millis() as u64,
+        });
         Ok(h)
     }
 
@@ -578,7 +633,9 @@ impl Testbed {
     pub async fn agent_status(&self, name: &str) -> Result<Status, TestbedError> {
         match self.control(name, ControlRequest::Status).await? {
             ControlReply::Status(s) => Ok(*s),
-            other => Err(TestbedError::Agent { processor: name.into(), message: format!("unexpected reply {other:?}") }),
+            other => {
+                Err(TestbedError::Agent { processor: name.into(), message: format!("unexpected reply {other:?}") })
+            }
         }
     }
 
@@ -599,7 +656,10 @@ impl Testbed {
             let s = self.agent_status(name).await?;
             let a = self.agent_status(&active).await?;
             if let Some(why) = s.peer.as_ref().and_then(|p| p.refused.clone()) {
-                return Err(TestbedError::Agent { processor: name.into(), message: format!("cannot become standby: {why}") });
+                return Err(TestbedError::Agent {
+                    processor: name.into(),
+                    message: format!("cannot become standby: {why}"),
+                });
             }
             Ok((s.replication.synced && a.replication.registered.is_some() && !a.replication.simplex).then_some(()))
         };
@@ -613,7 +673,8 @@ impl Testbed {
     async fn wait_peers_seen(&self) -> Result<(), TestbedError> {
         for n in self.names() {
             let probe = async || Ok(self.agent_status(&n).await?.peer.is_some_and(|p| p.connected).then_some(()));
-            let expired = || TestbedError::Agent { processor: n.clone(), message: "does not see its peer over the link".into() };
+            let expired =
+                || TestbedError::Agent { processor: n.clone(), message: "does not see its peer over the link".into() };
             wait_until(self.timeouts.stepup, STATUS_POLL, probe, expired).await?;
         }
         Ok(())
@@ -658,7 +719,12 @@ impl Testbed {
         self.events.emit(Event::Qmp {
             processor: name.into(),
             action: "query-named-block-nodes".into(),
-            detail: format!("app disk now {} over {} (was over {})", file_name(&after.overlay), file_name(&after.backing), file_name(&was)),
+            detail: format!(
+                "app disk now {} over {} (was over {})",
+                file_name(&after.overlay),
+                file_name(&after.backing),
+                file_name(&was)
+            ),
         });
         if after.backing != info.image {
             return fail(format!("QMP shows backing image {}, expected {}", after.backing, info.image));
@@ -674,7 +740,9 @@ impl Testbed {
 
     /// QMP's view of the app disk.
     pub async fn qmp_app_disk(&self, name: &str) -> Result<AppDisk, TestbedError> {
-        let q = Qmp::connect(&self.run.qmp(name)).await.map_err(|source| TestbedError::Qmp { processor: name.into(), source })?;
+        let q = Qmp::connect(&self.run.qmp(name))
+            .await
+            .map_err(|source| TestbedError::Qmp { processor: name.into(), source })?;
         q.app_disk().await.map_err(|source| TestbedError::Qmp { processor: name.into(), source })
     }
 
@@ -692,7 +760,11 @@ impl Testbed {
                 Some(q) => (q.status().await.ok(), q.app_disk().await.ok()),
                 None => (None, None),
             };
-            let agent = if alive { self.agent_status(&n).await.map_err(|e| e.to_string()) } else { Err("the processor is not running".into()) };
+            let agent = if alive {
+                self.agent_status(&n).await.map_err(|e| e.to_string())
+            } else {
+                Err("the processor is not running".into())
+            };
             out.push(ProcessorStatus { booted_version: self.version_of(&n), name: n, pid, run_state, app_disk, agent });
         }
         out

@@ -128,8 +128,17 @@ pub fn describe_plan(tb: &Testbed, p: &Plan) -> Vec<String> {
         format!("201 take {} out of service ({} runs simplex)", p.second, p.first),
         format!("202 reload {} with {} from {} (QMP quit, fresh QEMU on a new overlay)", p.second, p.to, img(&p.to)),
         format!("203 make {} standby for {} (step-up, then updates)", p.second, p.first),
-        format!("204 switch over: {} active on {}, {} standby; evaluate for {} ms", p.second, p.to, p.first, p.evaluation_ms),
-        format!("    if not acceptable: {} active again, {} reloaded with {} from {}", p.first, p.second, p.from, img(&p.from)),
+        format!(
+            "204 switch over: {} active on {}, {} standby; evaluate for {} ms",
+            p.second, p.to, p.first, p.evaluation_ms
+        ),
+        format!(
+            "    if not acceptable: {} active again, {} reloaded with {} from {}",
+            p.first,
+            p.second,
+            p.from,
+            img(&p.from)
+        ),
         format!("205 take {} out of service and reload it with {}", p.first, p.to),
         format!("206 make {} standby for {}", p.first, p.second),
         format!("207 enable the new features of {} on both (point of no return)", p.to),
@@ -140,10 +149,15 @@ pub fn describe_plan(tb: &Testbed, p: &Plan) -> Vec<String> {
 /// an `Err` means the run could not even start.
 pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report, TestbedError> {
     let (plan, mut step, fallback_from) = if opts.resume {
-        let j = read_journal(tb).ok_or_else(|| TestbedError::Environment(format!("no upgrade journal in {}", tb.run.root.display())))?;
+        let j = read_journal(tb)
+            .ok_or_else(|| TestbedError::Environment(format!("no upgrade journal in {}", tb.run.root.display())))?;
         let resume_at = resume_step(&j).map_err(TestbedError::Environment)?;
         let phase = if j.outcome.is_some() { "done" } else { "begun" };
-        tb.events.progress(format!("resuming from the journal: step {} {phase}, continuing at {}", j.step, resume_at.number()));
+        tb.events.progress(format!(
+            "resuming from the journal: step {} {phase}, continuing at {}",
+            j.step,
+            resume_at.number()
+        ));
         (j.plan, resume_at, j.fallback_from)
     } else {
         if let Some(j) = read_journal(tb) {
@@ -177,7 +191,11 @@ pub async fn rollback(tb: &mut Testbed) -> Result<Report, TestbedError> {
         let what = if enabled.is_empty() {
             format!("the upgrade to {} passed step 207", j.plan.to)
         } else {
-            format!("the new features of {} ({}) are enabled", j.plan.to, enabled.iter().cloned().collect::<Vec<_>>().join(", "))
+            format!(
+                "the new features of {} ({}) are enabled",
+                j.plan.to,
+                enabled.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
         };
         return Err(TestbedError::Environment(format!(
             "rollback refused: {what}; step 207 is the point of no return, the pair stays on {}",
@@ -187,7 +205,14 @@ pub async fn rollback(tb: &mut Testbed) -> Result<Report, TestbedError> {
     let targets = tb.names().into_iter().map(|n| (n.clone(), tb.channel(&n))).collect();
     let workload = Some(Workload::start(targets, j.plan.first.clone()));
     let from = j.step.clone();
-    let mut run = Run { tb, plan: j.plan, workload, switches: Vec::new(), why: Some("rollback requested".into()), fallback_from: Some(from) };
+    let mut run = Run {
+        tb,
+        plan: j.plan,
+        workload,
+        switches: Vec::new(),
+        why: Some("rollback requested".into()),
+        fallback_from: Some(from),
+    };
     let mut step = Step::Fallback;
     while !step.is_end() {
         step = run.step(step).await;
@@ -229,7 +254,12 @@ async fn enabled_features(tb: &Testbed) -> FeatureSet {
 
 impl Run<'_> {
     fn journal(&self, step: Step, outcome: Option<Outcome>) {
-        let j = Journal { plan: self.plan.clone(), step: step.number().into(), outcome, fallback_from: self.fallback_from.clone() };
+        let j = Journal {
+            plan: self.plan.clone(),
+            step: step.number().into(),
+            outcome,
+            fallback_from: self.fallback_from.clone(),
+        };
         if let Ok(data) = serde_json::to_vec_pretty(&j) {
             // A journal that cannot be written only weakens --resume; the run goes on.
             let _ = write_atomic(&self.tb.run.journal(), &data);
@@ -255,7 +285,11 @@ impl Run<'_> {
             }
         };
         let pair = self.tb.pair_view().await;
-        self.tb.events.emit(Event::StepDone { step: step.number().into(), pair, took_ms: t.elapsed().as_millis() as u64 });
+        self.tb.events.emit(Event::StepDone {
+            step: step.number().into(),
+            pair,
+            took_ms: t.elapsed().as_millis() as u64,
+        });
         let to = next(step, outcome).unwrap_or(Step::Failed);
         if to == Step::Fallback {
             self.fallback_from = Some(step.number().into());
@@ -276,7 +310,10 @@ impl Run<'_> {
                 let s = self.tb.agent_status(&second).await?;
                 let fail = |m: String| Err(TestbedError::Agent { processor: first.clone(), message: m });
                 if a.hello.role != Role::Active || s.hello.role != Role::Standby {
-                    return fail(format!("expected {first} active and {second} standby, found {} and {}", a.hello.role, s.hello.role));
+                    return fail(format!(
+                        "expected {first} active and {second} standby, found {} and {}",
+                        a.hello.role, s.hello.role
+                    ));
                 }
                 if self.tb.version_of(&first) != self.tb.version_of(&second) {
                     return fail("the processors run different versions; finish or roll back first".into());
@@ -351,7 +388,10 @@ impl Run<'_> {
         if s.hello.enabled.is_empty() {
             Ok(())
         } else {
-            Err(TestbedError::Agent { processor: name.into(), message: format!("new features enabled after reload: {:?}", s.hello.enabled) })
+            Err(TestbedError::Agent {
+                processor: name.into(),
+                message: format!("new features enabled after reload: {:?}", s.hello.enabled),
+            })
         }
     }
 
@@ -505,7 +545,9 @@ impl Run<'_> {
             self.tb.events.emit(Event::Invariant { name: v.name.into(), ok: v.ok, detail: v.detail.clone() });
         }
         let (result, message) = match end {
-            Step::Completed => ("completed", format!("upgraded to {} on both processors; new features enabled", self.plan.to)),
+            Step::Completed => {
+                ("completed", format!("upgraded to {} on both processors; new features enabled", self.plan.to))
+            }
             Step::RolledBack => (
                 "rolled-back",
                 format!(
@@ -567,14 +609,23 @@ mod tests {
     use super::*;
 
     fn journal(step: Step, outcome: Option<Outcome>) -> Journal {
-        let plan = Plan { from: "1.0.0".into(), to: "2.0.0".into(), first: "p121".into(), second: "p122".into(), evaluation_ms: 1 };
+        let plan = Plan {
+            from: "1.0.0".into(),
+            to: "2.0.0".into(),
+            first: "p121".into(),
+            second: "p122".into(),
+            evaluation_ms: 1,
+        };
         Journal { plan, step: step.number().into(), outcome, fallback_from: None }
     }
 
     #[test]
     fn resume_follows_the_journalled_outcome() {
         // 204 ended "not acceptable": the fallback comes next, not step 205.
-        assert_eq!(resume_step(&journal(Step::SwitchOverAndEvaluate, Some(Outcome::NotAcceptable))), Ok(Step::Fallback));
+        assert_eq!(
+            resume_step(&journal(Step::SwitchOverAndEvaluate, Some(Outcome::NotAcceptable))),
+            Ok(Step::Fallback)
+        );
         assert_eq!(resume_step(&journal(Step::SwitchOverAndEvaluate, Some(Outcome::Done))), Ok(Step::ReloadOther));
         assert_eq!(resume_step(&journal(Step::ReloadStandby, Some(Outcome::Error))), Ok(Step::Fallback));
     }

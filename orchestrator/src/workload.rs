@@ -161,7 +161,13 @@ impl Workload {
     }
 }
 
-async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBool>, rejected: Arc<AtomicUsize>, start: Instant) -> History {
+async fn run(
+    targets: Vec<(String, Channel)>,
+    first: String,
+    stop: Arc<AtomicBool>,
+    rejected: Arc<AtomicUsize>,
+    start: Instant,
+) -> History {
     let mut h = History::default();
     let t = |start: Instant| start.elapsed().as_millis() as u64;
     let mut target = targets.iter().position(|(n, _)| *n == first).unwrap_or(0);
@@ -222,7 +228,11 @@ async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBoo
             match reply {
                 WorkReply::Ack { id, seq, registered, .. } => {
                     inflight.remove(pos);
-                    h.records.push(Record { seq: Some(seq), registered: Some(registered), ..Record::new(t(start), Kind::Ack, id, name) });
+                    h.records.push(Record {
+                        seq: Some(seq),
+                        registered: Some(registered),
+                        ..Record::new(t(start), Kind::Ack, id, name)
+                    });
                 }
                 WorkReply::Rejected { id, reason } => {
                     inflight.remove(pos);
@@ -230,8 +240,11 @@ async fn run(targets: Vec<(String, Channel)>, first: String, stop: Arc<AtomicBoo
                     h.records.push(Record { detail: Some(reason), ..Record::new(t(start), Kind::Rejected, id, name) });
                 }
                 WorkReply::NotActive { id, active, .. } => {
-                    h.records.push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
-                    target = active.and_then(|a| targets.iter().position(|(n, _)| *n == a)).unwrap_or((target + 1) % targets.len());
+                    h.records
+                        .push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
+                    target = active
+                        .and_then(|a| targets.iter().position(|(n, _)| *n == a))
+                        .unwrap_or((target + 1) % targets.len());
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue 'outer;
                 }

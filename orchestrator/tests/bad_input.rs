@@ -42,7 +42,10 @@ fn malformed_yaml_names_file_and_line() {
 #[test]
 fn unknown_key_is_an_error_with_its_line() {
     let t = tempfile::tempdir().unwrap();
-    let cfg = write_config(t.path(), &good_yaml().replace("    vcpus: 1\n  - name: p122", "    vcpus: 1\n    cpus: 2\n  - name: p122"));
+    let cfg = write_config(
+        t.path(),
+        &good_yaml().replace("    vcpus: 1\n  - name: p122", "    vcpus: 1\n    cpus: 2\n  - name: p122"),
+    );
     let (code, err) = hitless(&["up", "--config", &cfg, "--run-dir", t.path().join("run").to_str().unwrap()], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cpus") && err.contains("line 11"), "{err}");
@@ -51,7 +54,10 @@ fn unknown_key_is_an_error_with_its_line() {
 #[test]
 fn missing_version_image_is_an_error_naming_the_binary() {
     let t = tempfile::tempdir().unwrap();
-    let cfg = write_config(t.path(), &good_yaml().replace("  2.0.0:\n    cargo_features: [v2]", "  2.0.0:\n    agent: builds/hitless-agent-2.0.0"));
+    let cfg = write_config(
+        t.path(),
+        &good_yaml().replace("  2.0.0:\n    cargo_features: [v2]", "  2.0.0:\n    agent: builds/hitless-agent-2.0.0"),
+    );
     let (code, err) = hitless(&["up", "--config", &cfg, "--run-dir", t.path().join("run").to_str().unwrap()], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("builds/hitless-agent-2.0.0") && err.contains("does not exist"), "{err}");
@@ -63,7 +69,10 @@ fn qemu_missing_is_an_environment_error() {
     let t = tempfile::tempdir().unwrap();
     let cfg = write_config(t.path(), &good_yaml());
     let run = t.path().join("run");
-    let (code, err) = hitless(&["up", "--config", &cfg, "--run-dir", run.to_str().unwrap()], &[("HITLESS_QEMU", "/nonexistent/qemu-system-x86_64")]);
+    let (code, err) = hitless(
+        &["up", "--config", &cfg, "--run-dir", run.to_str().unwrap()],
+        &[("HITLESS_QEMU", "/nonexistent/qemu-system-x86_64")],
+    );
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("QEMU not found") && err.contains("/nonexistent/qemu-system-x86_64"), "{err}");
     assert_nothing_started(&run);

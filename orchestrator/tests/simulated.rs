@@ -77,7 +77,10 @@ async fn not_acceptable_falls_back_and_so_does_a_crash() {
         assert!(r.message.starts_with("upgrade rolled back at step 204: "), "{}", r.message);
         assert!(why.iter().any(|w| r.message.contains(w)), "{to}: {}", r.message);
         assert_invariants(&r);
-        let mut want = vec![("p121".to_string(), Role::Active, "1.0.0".to_string()), ("p122".into(), Role::Standby, "1.0.0".into())];
+        let mut want = vec![
+            ("p121".to_string(), Role::Active, "1.0.0".to_string()),
+            ("p122".into(), Role::Standby, "1.0.0".into()),
+        ];
         want.sort();
         assert_eq!(versions_and_roles(&s.tb).await, want, "{to}");
     }
@@ -213,8 +216,14 @@ async fn resume_from_each_step_finishes_the_upgrade_or_falls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_works_from_each_step_before_207_and_is_refused_after() {
-    for step in [Step::IsolateStandby, Step::ReloadStandby, Step::StandbyOnNew, Step::SwitchOverAndEvaluate, Step::ReloadOther, Step::OtherStandby]
-    {
+    for step in [
+        Step::IsolateStandby,
+        Step::ReloadStandby,
+        Step::StandbyOnNew,
+        Step::SwitchOverAndEvaluate,
+        Step::ReloadOther,
+        Step::OtherStandby,
+    ] {
         let mut s = sim().await;
         cut_at(&mut s.tb, "2.0.0", step).await;
         let r = upgrade::rollback(&mut s.tb).await.unwrap();
@@ -292,5 +301,9 @@ fn hitless_simulate_rehearses_the_upgrade_and_exits_by_its_outcome() {
     std::fs::remove_dir_all(tmp.path().join("run")).unwrap();
     let out = run("9.9");
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("version 9.9 is not in"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("version 9.9 is not in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

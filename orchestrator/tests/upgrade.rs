@@ -102,7 +102,11 @@ async fn fallback_when_the_new_version_crashes() {
     assert_eq!(report.end, "rolled-back", "{}", report.message);
     assert_invariants(&report);
     // The crash is seen either as a failed evaluation request or as a dead VM.
-    assert!(report.message.contains("evaluation request failed") || report.message.contains("crashed"), "{}", report.message);
+    assert!(
+        report.message.contains("evaluation request failed") || report.message.contains("crashed"),
+        "{}",
+        report.message
+    );
     assert!(transcript.contains("step 204-fallback"));
     assert!(transcript.contains("p121 -> active"));
     let s = tb.agent_status("p121").await.unwrap();
@@ -123,7 +127,12 @@ async fn mixed_pair_replicates_both_ways_and_refuses_the_feature() {
     let err = upgrade::enable_features(&tb, &[FEATURE_PRIORITY.into()]).await.err().unwrap().to_string();
     assert!(err.contains("runs 1.0.0, which does not support"), "{err}");
     insta::assert_snapshot!("enabling_refused_while_mixed", common::condensed(&tb.events.entries()[skip..]));
-    let err = tb.control("p122", ControlRequest::EnableFeature { feature: FEATURE_PRIORITY.into() }).await.err().unwrap().to_string();
+    let err = tb
+        .control("p122", ControlRequest::EnableFeature { feature: FEATURE_PRIORITY.into() })
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("peer p121 runs 1.0.0"), "{err}");
     for n in tb.names() {
         assert!(tb.agent_status(&n).await.unwrap().hello.enabled.is_empty(), "{n}");
@@ -164,14 +173,23 @@ async fn a_killed_upgrade_resumes_from_its_journal() {
     let tb = common::up(&guard).await;
     let hitless = |args: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hitless"));
-        c.args(args).arg("--config").arg(common::repo().join("vm-configs/pair.yaml")).arg("--run-dir").arg(&guard.run.root);
+        c.args(args)
+            .arg("--config")
+            .arg(common::repo().join("vm-configs/pair.yaml"))
+            .arg("--run-dir")
+            .arg(&guard.run.root);
         c
     };
     // The orchestrator is killed (SIGKILL: no clean-up of its own) once step 203 has begun.
-    let mut child = hitless(&["upgrade", "--to", "2.0.0"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = hitless(&["upgrade", "--to", "2.0.0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let j: Option<upgrade::Journal> = std::fs::read(guard.run.journal()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let j: Option<upgrade::Journal> =
+            std::fs::read(guard.run.journal()).ok().and_then(|b| serde_json::from_slice(&b).ok());
         if j.is_some_and(|j| j.step == "203") {
             break;
         }

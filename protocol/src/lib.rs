@@ -458,7 +458,11 @@ pub fn link_feature(msg: &LinkMsg) -> Option<&'static str> {
     match msg {
         LinkMsg::StepUp { units, .. } => units.iter().find(|u| u.priority.is_some()).map(|_| FEATURE_PRIORITY),
         LinkMsg::Update { request, .. } => request.op.feature(),
-        LinkMsg::Hello(_) | LinkMsg::Heartbeat | LinkMsg::Registered { .. } | LinkMsg::Resync { .. } | LinkMsg::Continue { .. } => None,
+        LinkMsg::Hello(_)
+        | LinkMsg::Heartbeat
+        | LinkMsg::Registered { .. }
+        | LinkMsg::Resync { .. }
+        | LinkMsg::Continue { .. } => None,
     }
 }
 

@@ -81,7 +81,10 @@ impl Wire {
     }
 
     fn open(&self, n: u32) {
-        let req = WorkRequest { id: format!("w{n}"), op: Operation::Open { unit: format!("u{n}"), fields: Default::default() } };
+        let req = WorkRequest {
+            id: format!("w{n}"),
+            op: Operation::Open { unit: format!("u{n}"), fields: Default::default() },
+        };
         assert!(self.a.work(req, &self.reply_tx), "p121 is not active");
     }
 
@@ -112,7 +115,10 @@ fn step_up_carries_all_state_then_each_ack_waits_for_registration() {
 
     w.b.set_role(Role::Standby, 2).unwrap();
     let got = w.pump(|_| false);
-    assert!(matches!(&got[..], [.., LinkMsg::StepUp { generation: 1, seq: 2, units, .. }] if units.len() == 2), "{got:?}");
+    assert!(
+        matches!(&got[..], [.., LinkMsg::StepUp { generation: 1, seq: 2, units, .. }] if units.len() == 2),
+        "{got:?}"
+    );
     assert!(w.b.status().replication.synced && w.same_state());
 
     // Synchronous: no ack until the standby registered the update.
@@ -166,7 +172,8 @@ fn updates_and_registrations_of_an_old_generation_are_ignored() {
     w.pump(|_| false);
     assert_eq!(w.b.status().replication.generation, 2);
     // A late update of generation 1 is not applied...
-    let old = WorkRequest { id: "late".into(), op: Operation::Open { unit: "late".into(), fields: Default::default() } };
+    let old =
+        WorkRequest { id: "late".into(), op: Operation::Open { unit: "late".into(), fields: Default::default() } };
     assert!(matches!(w.b.on_link(LinkMsg::Update { generation: 1, seq: 1, request: old }), LinkAction::None));
     assert!(w.same_state());
     // ...and a registration of generation 1 does not release a generation-2 ack.
@@ -259,9 +266,12 @@ fn a_standby_whose_state_differs_at_the_same_seq_gets_everything() {
     // p122 registers a different update 1 than the one p121 applied: same seq, other state.
     w.open(1);
     let generation = w.b.status().replication.generation;
-    let other = WorkRequest { id: "x".into(), op: Operation::Open { unit: "other".into(), fields: Default::default() } };
+    let other =
+        WorkRequest { id: "x".into(), op: Operation::Open { unit: "other".into(), fields: Default::default() } };
     w.pump(|m| matches!(m, LinkMsg::Update { .. }));
-    let LinkAction::Registered(g, s) = w.b.on_link(LinkMsg::Update { generation, seq: 1, request: other }) else { panic!() };
+    let LinkAction::Registered(g, s) = w.b.on_link(LinkMsg::Update { generation, seq: 1, request: other }) else {
+        panic!()
+    };
     w.a.on_link(LinkMsg::Registered { generation: g, seq: s });
     assert!(!w.same_state());
 

@@ -256,7 +256,8 @@ fn valid_mac(s: &str) -> bool {
 impl Config {
     /// Read, parse and validate `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(path, &text)
     }
 
@@ -290,20 +291,32 @@ impl Config {
                 bad(p.name.referenced.line(), format!("processor name {:?} is used twice", p.name.value));
             }
             if !valid_mac(&p.mac.value) {
-                bad(p.mac.referenced.line(), format!("mac {:?}: expected a unicast MAC like 52:54:00:00:01:21", p.mac.value));
+                bad(
+                    p.mac.referenced.line(),
+                    format!("mac {:?}: expected a unicast MAC like 52:54:00:00:01:21", p.mac.value),
+                );
             }
             if procs[..i].iter().any(|q| q.mac.value.eq_ignore_ascii_case(&p.mac.value)) {
                 bad(p.mac.referenced.line(), format!("mac {:?} is used twice", p.mac.value));
             }
             if !(128..=16384).contains(&p.memory_mib) {
-                bad(p.name.referenced.line(), format!("processor {}: memory_mib {} is out of range 128..16384", p.name.value, p.memory_mib));
+                bad(
+                    p.name.referenced.line(),
+                    format!("processor {}: memory_mib {} is out of range 128..16384", p.name.value, p.memory_mib),
+                );
             }
             if !(1..=16).contains(&p.vcpus) {
-                bad(p.name.referenced.line(), format!("processor {}: vcpus {} is out of range 1..16", p.name.value, p.vcpus));
+                bad(
+                    p.name.referenced.line(),
+                    format!("processor {}: vcpus {} is out of range 1..16", p.name.value, p.vcpus),
+                );
             }
             let cid = p.cid.unwrap_or(3 + i as u32);
             if cid < 3 {
-                bad(p.name.referenced.line(), format!("processor {}: cid {cid} is reserved (use 3 or more)", p.name.value));
+                bad(
+                    p.name.referenced.line(),
+                    format!("processor {}: cid {cid} is reserved (use 3 or more)", p.name.value),
+                );
             }
             processors.push(Processor {
                 name: p.name.value.clone(),
@@ -325,7 +338,10 @@ impl Config {
                 (None, Some(a)) => {
                     let agent = resolve(&a.value);
                     if !agent.is_file() {
-                        bad(a.referenced.line(), format!("version {name}: agent binary {} does not exist", agent.display()));
+                        bad(
+                            a.referenced.line(),
+                            format!("version {name}: agent binary {} does not exist", agent.display()),
+                        );
                     }
                     Version::Prebuilt { agent, test_only: v.test_only }
                 }
@@ -335,7 +351,9 @@ impl Config {
                 }
                 (None, None) => {
                     // Map keys carry no position; the message names the entry instead.
-                    unplaced.push(format!("  versions.{name}: needs cargo_features (build the bundled agent) or agent (a binary)"));
+                    unplaced.push(format!(
+                        "  versions.{name}: needs cargo_features (build the bundled agent) or agent (a binary)"
+                    ));
                     continue;
                 }
             };
@@ -375,7 +393,9 @@ impl Config {
             qemu,
             kernel_dir: normalize(resolve(p.kernel_dir.as_deref().unwrap_or(Path::new("../.tools/kernel")))),
             cache_dir: normalize(resolve(p.cache_dir.as_deref().unwrap_or(Path::new("../.cache/images")))),
-            vhost_device_vsock: normalize(resolve(p.vhost_device_vsock.as_deref().unwrap_or(Path::new("../.tools/bin/vhost-device-vsock")))),
+            vhost_device_vsock: normalize(resolve(
+                p.vhost_device_vsock.as_deref().unwrap_or(Path::new("../.tools/bin/vhost-device-vsock")),
+            )),
             workspace: normalize(resolve(p.workspace.as_deref().unwrap_or(Path::new("..")))),
         })
     }

@@ -63,7 +63,18 @@ versions:
 
 #[test]
 fn parse_errors_name_line_and_column() {
-    insta::assert_snapshot!("unknown_key", parse(&GOOD.replace("    memory_mib: 512", "    memory: 512")).unwrap_err().to_string());
-    insta::assert_snapshot!("bad_enum", parse(&GOOD.replace("name: pair", "name: pair\naccelerator: hvf")).unwrap_err().to_string());
-    insta::assert_snapshot!("one_processor", parse(&GOOD.replace("  - name: p122\n    mac: \"52:54:00:00:01:22\"\n    memory_mib: 512\n", "")).unwrap_err().to_string());
+    insta::assert_snapshot!(
+        "unknown_key",
+        parse(&GOOD.replace("    memory_mib: 512", "    memory: 512")).unwrap_err().to_string()
+    );
+    insta::assert_snapshot!(
+        "bad_enum",
+        parse(&GOOD.replace("name: pair", "name: pair\naccelerator: hvf")).unwrap_err().to_string()
+    );
+    insta::assert_snapshot!(
+        "one_processor",
+        parse(&GOOD.replace("  - name: p122\n    mac: \"52:54:00:00:01:22\"\n    memory_mib: 512\n", ""))
+            .unwrap_err()
+            .to_string()
+    );
 }

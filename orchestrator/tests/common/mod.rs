@@ -63,12 +63,16 @@ pub fn condensed(entries: &[Entry]) -> String {
             Event::Role { processor, role, epoch } => format!("  {processor} -> {role} (epoch {epoch})"),
             Event::ProcessorStarted { processor, version, .. } => format!("  {processor} boots {version}"),
             Event::ProcessorStopped { processor, .. } => format!("  {processor} stopped"),
-            Event::Evaluation { processor, acceptable, .. } => format!("  {processor} evaluation acceptable={acceptable}"),
+            Event::Evaluation { processor, acceptable, .. } => {
+                format!("  {processor} evaluation acceptable={acceptable}")
+            }
             Event::Feature { processor, feature, result } => format!("  {processor} {feature} {result}"),
             Event::ServiceGap { step, .. } => format!("service gap measured at {step}"),
             Event::Invariant { name, ok, .. } => format!("invariant {name}: {}", if *ok { "ok" } else { "VIOLATED" }),
             Event::Outcome { result, .. } => format!("outcome {result}"),
-            Event::Progress { .. } | Event::Accelerator { .. } | Event::AgentReady { .. } | Event::Qmp { .. } => continue,
+            Event::Progress { .. } | Event::Accelerator { .. } | Event::AgentReady { .. } | Event::Qmp { .. } => {
+                continue
+            }
         };
         out.push_str(&line);
         out.push('\n');
