@@ -7,7 +7,7 @@ CONFIG  ?= vm-configs/pair.yaml
 HITLESS  = target/release/hitless
 RUN_DIR ?= $(CURDIR)/.cache/run
 
-.PHONY: all setup build images testbed test unit-test vm-test bench clean down
+.PHONY: all setup build images testbed test test-sim test-vm unit-test lint bench clean down
 
 all: build
 
@@ -33,11 +33,23 @@ testbed: images
 	    echo "transcript kept in .cache/last-transcript.yaml (the run directory goes with down)"; \
 	  $(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR); exit $$rc
 
-# Unit and snapshot tests (fast, no VMs), then the VM tests one at a time
-# (two guests per test already fill two cores under TCG).
-test: images
+# The gate: one format, no clippy warnings.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Everything: the lint gate, the fast tiers, then the VM tier.
+test: lint test-sim test-vm
+
+# Unit and snapshot tests, and the in-process tier (simulated pair, agents over
+# loopback, the CLI's bad-input paths): no VMs, no images, seconds.
+test-sim:
 	$(CARGO) test --workspace --lib --bins
-	$(CARGO) test -p hitless --test '*' -- --test-threads=1
+	$(CARGO) test -p hitless-tests --test sim
+
+# The VM tier, one test at a time (two guests per test already fill two cores under TCG).
+test-vm: images
+	$(CARGO) test -p hitless-tests --test vm -- --test-threads=1
 
 unit-test:
 	$(CARGO) test --workspace --lib --bins

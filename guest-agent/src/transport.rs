@@ -32,9 +32,7 @@ impl std::str::FromStr for Endpoint {
 
 /// A bound listener.
 pub enum Listener {
-    /// vsock.
     Vsock(tokio_vsock::VsockListener),
-    /// TCP.
     Tcp(tokio::net::TcpListener),
 }
 

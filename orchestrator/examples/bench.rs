@@ -7,9 +7,9 @@
 
 use hitless::config::Config;
 use hitless::events::{Event, Events};
+use hitless::procedure::{self as upgrade, Options};
 use hitless::rundir::RunDir;
 use hitless::testbed::{self, Testbed};
-use hitless::upgrade::{self, Options};
 use std::time::Instant;
 
 /// Runs to take figures over (`BENCH_RUNS` overrides, e.g. 1 for a quick look).
@@ -51,9 +51,9 @@ async fn main() -> anyhow::Result<()> {
             if !r.invariants_ok() {
                 lost += 1;
             }
-            accel = tb.state.accel.to_string();
+            accel = tb.platform().accel().map_or("none".into(), |a| a.to_string());
             let active = tb.active().await.ok_or_else(|| anyhow::anyhow!("no active processor after the upgrade"))?;
-            let f = hitless::load::measure(&tb.channel(&active), LOAD.0, LOAD.1, LOAD.2).await?;
+            let f = hitless::load::measure(tb.agents().channel(active), LOAD.0, LOAD.1, LOAD.2).await?;
             rate.push(f.per_second());
             simplex += f.simplex + f.refused;
             latency.latencies_us.extend(f.latencies_us);

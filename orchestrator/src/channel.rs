@@ -25,7 +25,6 @@ pub enum ChannelError {
     Connect {
         /// Guest port.
         port: u32,
-        /// Why.
         detail: String,
     },
     /// The agent did not answer in time.

@@ -1,8 +1,11 @@
 //! One typed event stream. Everything the orchestrator does is an [`Event`];
 //! the terminal progress log, the YAML transcript and the tests all consume
 //! the same stream. Times, pids and paths live in fields named `*_ms`, `pid`
-//! or `path`/`image`/`overlay`, so that a snapshot can redact them.
+//! or `image`/`overlay`/`backing`, so that a snapshot can redact them.
 
+use crate::platform::Platform;
+use crate::procedure::{End, Step};
+use hitless_protocol::Role;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,130 +16,171 @@ use std::time::Instant;
 pub enum Event {
     /// A line of progress with no structure.
     Progress {
-        /// What.
+        /// What happened.
         message: String,
     },
-    /// The accelerator was chosen.
-    Accelerator {
-        /// Which.
-        accel: String,
-        /// Why.
+    /// Where the processors run, and why there.
+    Platform {
+        /// QEMU (with accelerator and vsock) or the simulated pair.
+        platform: Platform,
+        /// Why (e.g. why not KVM).
         reason: String,
     },
-    /// A QEMU process started booting a processor.
+    /// A processor's machine started booting a version.
     ProcessorStarted {
-        /// Processor.
         processor: String,
         /// Version it boots.
         version: String,
-        /// The read-only version image.
+        /// What it boots (the version image).
         image: String,
-        /// Its fresh overlay.
-        overlay: String,
-        /// QEMU pid.
-        pid: u32,
+        /// Its fresh copy-on-write overlay, for QEMU.
+        overlay: Option<String>,
+        /// Its process, for QEMU.
+        pid: Option<u32>,
     },
-    /// A processor's agent answered.
+    /// A processor's agent answered after a start.
     AgentReady {
-        /// Processor.
         processor: String,
         /// Version the agent reports.
         version: String,
-        /// From QEMU start to agent answering.
+        /// From the machine's start to the agent answering.
         boot_ms: u64,
     },
-    /// A QMP action or query and what it showed.
-    Qmp {
-        /// Processor.
+    /// What a reloaded processor's machine shows it booted (QMP for QEMU).
+    AppDisk {
         processor: String,
-        /// QMP command(s).
-        action: String,
-        /// Result.
-        detail: String,
+        /// The overlay it has open.
+        overlay: String,
+        /// The version image under it.
+        backing: String,
+        /// The image it ran before the reload.
+        was: String,
     },
-    /// A role command applied.
+    /// A role command the agent applied.
     Role {
-        /// Processor.
         processor: String,
-        /// New role.
-        role: String,
-        /// Epoch.
+        /// Its new role.
+        role: Role,
+        /// The command's epoch.
         epoch: u64,
     },
-    /// A processor stopped.
+    /// A processor's machine stopped.
     ProcessorStopped {
-        /// Processor.
         processor: String,
-        /// How (quit, killed, crashed).
+        /// How: QMP quit, killed, crashed.
         how: String,
     },
     /// A procedure step begins.
     StepBegin {
-        /// Step number of Fig. 6 (e.g. "202", "204-fallback").
-        step: String,
+        /// The step of Fig. 6.
+        step: Step,
         /// What it does.
         name: String,
     },
+    /// A step failed; the whole cause chain.
+    StepFailed {
+        /// The step.
+        step: Step,
+        /// Why, every cause joined by ": ".
+        why: String,
+    },
     /// A procedure step ended; the pair after it.
     StepDone {
-        /// Step number.
-        step: String,
+        /// The step.
+        step: Step,
         /// Each processor: name, role, version.
         pair: Vec<ProcView>,
-        /// Step duration.
+        /// How long the step took.
         took_ms: u64,
     },
-    /// A feature toggle.
+    /// A feature toggle and its answer.
     Feature {
-        /// Processor.
         processor: String,
-        /// Feature.
+        /// Feature name.
         feature: String,
-        /// Outcome.
+        /// "enabled", or "refused: <the agent's reason>".
         result: String,
     },
-    /// The new version's evaluation.
+    /// The new version's evaluation at step 204.
     Evaluation {
         /// Processor evaluated.
         processor: String,
-        /// Verdict.
+        /// The verdict.
         acceptable: bool,
-        /// Reasons.
+        /// Every check, passed or not.
         reasons: Vec<String>,
     },
     /// A service gap measured during a switchover.
     ServiceGap {
-        /// Which switchover (step).
-        step: String,
+        /// The switchover's step.
+        step: Step,
         /// Longest time no work unit was acked.
         gap_ms: u64,
     },
     /// An invariant check.
     Invariant {
-        /// Which.
+        /// Which invariant.
         name: String,
-        /// Held or not.
+        /// Whether it held.
         ok: bool,
-        /// Evidence.
+        /// The evidence.
         detail: String,
     },
-    /// The run's outcome.
+    /// How the run ended.
     Outcome {
-        /// completed | rolled-back | failed | planned
-        result: String,
-        /// Summary.
+        /// Completed, rolled back or failed.
+        end: End,
+        /// One-line summary.
         message: String,
     },
+}
+
+/// A processor as seen at the end of a step: its role, or why it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Seen {
+    /// Serving work units.
+    Active,
+    /// Receiving run-state updates.
+    Standby,
+    /// Running, in no role.
+    OutOfService,
+    /// Its machine runs but its agent does not answer.
+    Unreachable,
+    /// Its machine does not run.
+    Down,
+}
+
+impl From<Role> for Seen {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Active => Seen::Active,
+            Role::Standby => Seen::Standby,
+            Role::OutOfService => Seen::OutOfService,
+        }
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Seen::Active => "active",
+            Seen::Standby => "standby",
+            Seen::OutOfService => "out-of-service",
+            Seen::Unreachable => "unreachable",
+            Seen::Down => "down",
+        })
+    }
 }
 
 /// A processor's role and version, as in the transcript.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ProcView {
-    /// Name.
+    /// Processor name.
     pub processor: String,
-    /// Role.
-    pub role: String,
-    /// Version.
+    /// Its role, or why none.
+    pub role: Seen,
+    /// The version it runs (booted last, if it does not answer).
     pub version: String,
 }
 
@@ -173,16 +217,11 @@ impl Default for Events {
 impl Events {
     /// A stream with no sinks (it still records).
     pub fn new() -> Self {
-        Events {
-            inner: Arc::new(Inner {
-                start: Instant::now(),
-                entries: Mutex::new(Vec::new()),
-                sinks: Mutex::new(Vec::new()),
-            }),
-        }
+        let inner = Inner { start: Instant::now(), entries: Mutex::new(Vec::new()), sinks: Mutex::new(Vec::new()) };
+        Events { inner: Arc::new(inner) }
     }
 
-    /// Add a sink.
+    /// Add a sink; it sees every event from now on.
     pub fn subscribe(&self, f: impl Fn(&Entry) + Send + Sync + 'static) {
         self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
     }
@@ -207,39 +246,46 @@ impl Events {
     }
 }
 
+fn file_name(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
+}
+
 /// One readable line for the terminal.
 pub fn render(e: &Entry) -> String {
     let t = format!("[{:>7.3}s]", e.at_ms as f64 / 1000.0);
     let body = match &e.event {
         Event::Progress { message } => message.clone(),
-        Event::Accelerator { accel, reason } => format!("accelerator: {accel} ({reason})"),
+        Event::Platform { platform, reason } => format!("platform: {platform} ({reason})"),
         Event::ProcessorStarted { processor, version, image, .. } => {
             format!("{processor}: booting {version} from {image}")
         }
         Event::AgentReady { processor, version, boot_ms } => {
             format!("{processor}: agent {version} ready after {boot_ms} ms")
         }
-        Event::Qmp { processor, action, detail } => format!("{processor}: QMP {action}: {detail}"),
+        Event::AppDisk { processor, overlay, backing, was } => format!(
+            "{processor}: app disk now {} over {} (was over {})",
+            file_name(overlay),
+            file_name(backing),
+            file_name(was)
+        ),
         Event::Role { processor, role, epoch } => format!("{processor}: now {role} (epoch {epoch})"),
         Event::ProcessorStopped { processor, how } => format!("{processor}: stopped ({how})"),
         Event::StepBegin { step, name } => format!("step {step}: {name}"),
+        Event::StepFailed { step, why } => format!("step {step} failed: {why}"),
         Event::StepDone { step, pair, took_ms } => {
             let p: Vec<String> = pair.iter().map(|v| format!("{} {} {}", v.processor, v.role, v.version)).collect();
             format!("step {step} done in {took_ms} ms: {}", p.join(", "))
         }
         Event::Feature { processor, feature, result } => format!("{processor}: feature {feature}: {result}"),
         Event::Evaluation { processor, acceptable, reasons } => {
-            format!(
-                "{processor}: evaluation: {} ({})",
-                if *acceptable { "acceptable" } else { "NOT acceptable" },
-                reasons.join("; ")
-            )
+            let verdict = if *acceptable { "acceptable" } else { "NOT acceptable" };
+            format!("{processor}: evaluation: {verdict} ({})", reasons.join("; "))
         }
         Event::ServiceGap { step, gap_ms } => format!("service gap at step {step}: {gap_ms} ms"),
         Event::Invariant { name, ok, detail } => {
             format!("invariant {name}: {} ({detail})", if *ok { "ok" } else { "VIOLATED" })
         }
-        Event::Outcome { result, message } => format!("outcome: {result}: {message}"),
+        Event::Outcome { end, message } => format!("outcome: {end}: {message}"),
     };
     format!("{t} {body}")
 }

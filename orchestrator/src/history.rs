@@ -1,156 +1,107 @@
-//! Checking the design's invariants against what happened: the workload's
-//! history against the final database (no acknowledged work unit lost or
-//! applied twice), the role events (never two actives), and the final state
-//! (both in service, one version).
+//! The history of a workload: every request it sent and every answer it
+//! got, with the processor and the time — what the invariants are checked
+//! against, Jepsen-style. Written as JSON lines in the run directory.
 
-use crate::events::{Entry, Event};
-use crate::workload::{History, Kind};
-use hitless_protocol::WorkUnit;
-use std::collections::{BTreeMap, HashMap};
+use serde::Serialize;
+use std::collections::BTreeMap;
 
-/// One invariant's verdict.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Verdict {
-    /// Invariant name.
-    pub name: &'static str,
-    /// Held?
-    pub ok: bool,
-    /// Evidence.
-    pub detail: String,
+/// What a history record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A request was sent for the first time.
+    Send,
+    /// An unacknowledged request was sent again on a new connection.
+    Retry,
+    /// The processor acknowledged the request.
+    Ack,
+    /// The processor refused it as invalid (a workload error).
+    Rejected,
+    /// The processor is not active; the workload follows the hint.
+    NotActive,
 }
 
-/// Invariant 2: every acked request applied exactly once in the final database.
-pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
-    let mut applied: HashMap<&str, usize> = HashMap::new();
-    for u in units {
-        for op in &u.ops {
-            *applied.entry(op.as_str()).or_default() += 1;
-        }
-    }
-    let acked = history.acked();
-    let lost: Vec<&String> = acked.keys().filter(|id| !applied.contains_key(id.as_str())).collect();
-    let twice: Vec<&str> = applied.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
-    let ok = lost.is_empty() && twice.is_empty();
-    let detail = if ok {
-        format!("{} acked work requests, all applied exactly once", acked.len())
-    } else {
-        format!(
-            "{} acked; lost: {:?}; applied twice: {:?}",
-            acked.len(),
-            lost.iter().take(10).collect::<Vec<_>>(),
-            twice.iter().take(10).collect::<Vec<_>>()
-        )
-    };
-    Verdict { name: "no-acked-work-lost-or-applied-twice", ok, detail }
+/// One line of the history.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// Milliseconds since the workload started.
+    pub t_ms: u64,
+    /// What happened.
+    pub kind: Kind,
+    /// Request id.
+    pub id: String,
+    /// Processor the request went to / answered.
+    pub processor: String,
+    /// Sequence number (acks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Registered by a standby before the ack (acks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered: Option<bool>,
+    /// Rejection reason, or the active named by a not-active answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
-/// How often the processor that acks changes along the history. The workload
-/// talks to one processor at a time, so this can only change at a switchover;
-/// two processors serving at once would show up as extra changes.
-pub fn ack_handovers(history: &History) -> usize {
-    let acks: Vec<&str> =
-        history.records.iter().filter(|r| r.kind == Kind::Ack).map(|r| r.processor.as_str()).collect();
-    acks.windows(2).filter(|w| w[0] != w[1]).count()
+impl Record {
+    /// A record with no ack fields and no detail.
+    pub fn new(t_ms: u64, kind: Kind, id: impl Into<String>, processor: impl Into<String>) -> Self {
+        Record { t_ms, kind, id: id.into(), processor: processor.into(), seq: None, registered: None, detail: None }
+    }
 }
 
-/// Invariant 1: never more than one active — from the role events (what the
-/// agents confirmed) and from the acks (who actually served), given the
-/// number of switchovers the procedure made.
-pub fn never_two_actives(entries: &[Entry], history: &History, switchovers: usize) -> Verdict {
-    let mut roles: BTreeMap<String, String> = BTreeMap::new();
-    let mut last_epoch = 0;
-    let mut violations = Vec::new();
-    for e in entries {
-        match &e.event {
-            Event::Role { processor, role, epoch } => {
-                if *epoch <= last_epoch {
-                    violations.push(format!("epoch {epoch} not above {last_epoch}"));
-                }
-                last_epoch = *epoch;
-                roles.insert(processor.clone(), role.clone());
-            }
-            Event::ProcessorStopped { processor, .. } => {
-                roles.insert(processor.clone(), "down".into());
-            }
-            _ => continue,
+/// What the workload did.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Every record, in order.
+    pub records: Vec<Record>,
+}
+
+impl History {
+    /// Ids acknowledged, with the time of their first ack.
+    pub fn acked(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for r in self.records.iter().filter(|r| r.kind == Kind::Ack) {
+            m.entry(r.id.clone()).or_insert(r.t_ms);
         }
-        let actives: Vec<&String> = roles.iter().filter(|(_, r)| *r == "active").map(|(p, _)| p).collect();
-        if actives.len() > 1 {
-            violations.push(format!("two actives at {} ms: {actives:?}", e.at_ms));
+        m
+    }
+
+    /// Rejected requests (workload errors).
+    pub fn rejected(&self) -> usize {
+        self.records.iter().filter(|r| r.kind == Kind::Rejected).count()
+    }
+
+    /// Longest time without any ack that overlaps the window [from, to] (ms).
+    pub fn gap_around(&self, from: u64, to: u64) -> u64 {
+        let acks: Vec<u64> = self.records.iter().filter(|r| r.kind == Kind::Ack).map(|r| r.t_ms).collect();
+        acks.windows(2).filter(|w| w[1] >= from && w[0] <= to).map(|w| w[1] - w[0]).max().unwrap_or(0)
+    }
+
+    /// Write as JSON lines.
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        for r in &self.records {
+            out.extend(serde_json::to_vec(r).map_err(std::io::Error::other)?);
+            out.push(b'\n');
         }
+        std::fs::write(path, out)
     }
-    let handovers = ack_handovers(history);
-    if handovers > switchovers {
-        violations.push(format!("acks moved between processors {handovers} times in {switchovers} switchovers"));
-    }
-    let ok = violations.is_empty();
-    let detail = if ok {
-        format!("at most one active throughout; epochs increase (last {last_epoch}); acks changed hands {handovers} times in {switchovers} switchovers")
-    } else {
-        violations.join("; ")
-    };
-    Verdict { name: "never-two-actives", ok, detail }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Record;
-    use hitless_protocol::UnitState;
 
-    fn unit(id: &str, ops: &[&str]) -> WorkUnit {
-        WorkUnit {
-            id: id.into(),
-            state: UnitState::Open,
-            fields: Default::default(),
-            priority: None,
-            ops: ops.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-    fn ack(id: &str) -> Record {
-        Record { seq: Some(1), registered: Some(true), ..Record::new(0, Kind::Ack, id, "p") }
+    fn ack(t: u64, id: &str) -> Record {
+        Record::new(t, Kind::Ack, id, "p")
     }
 
     #[test]
-    fn lost_and_double_applies_are_caught() {
-        let h = History { records: vec![ack("w0"), ack("w1"), ack("w2")] };
-        assert!(no_lost_or_double(&h, &[unit("u0", &["w0", "w1", "w2"])]).ok);
-        let v = no_lost_or_double(&h, &[unit("u0", &["w0", "w1"])]);
-        assert!(!v.ok && v.detail.contains("w2"), "{}", v.detail);
-        let v = no_lost_or_double(&h, &[unit("u0", &["w0", "w1", "w2", "w1"])]);
-        assert!(!v.ok && v.detail.contains("twice"), "{}", v.detail);
-        // Applied but never acked (the client gave up) is allowed.
-        assert!(no_lost_or_double(&h, &[unit("u0", &["w0", "w1", "w2", "w3"])]).ok);
-    }
-
-    #[test]
-    fn two_actives_are_caught() {
-        let role = |t, p: &str, r: &str, e| Entry {
-            at_ms: t,
-            event: Event::Role { processor: p.into(), role: r.into(), epoch: e },
-        };
-        let none = History::default();
-        let good = [
-            role(0, "a", "active", 1),
-            role(1, "b", "standby", 2),
-            role(2, "a", "standby", 3),
-            role(3, "b", "active", 4),
-        ];
-        assert!(never_two_actives(&good, &none, 1).ok);
-        let bad = [role(0, "a", "active", 1), role(1, "b", "active", 2)];
-        assert!(!never_two_actives(&bad, &none, 1).ok);
-        let stale = [role(0, "a", "active", 2), role(1, "b", "standby", 1)];
-        assert!(!never_two_actives(&stale, &none, 1).ok);
-    }
-
-    #[test]
-    fn acks_from_both_sides_between_switchovers_are_a_split_brain() {
-        let by = |p: &str, id: &str| Record::new(0, Kind::Ack, id, p);
-        let one_switch = History { records: vec![by("a", "w0"), by("a", "w1"), by("b", "w2"), by("b", "w3")] };
-        assert_eq!(ack_handovers(&one_switch), 1);
-        assert!(never_two_actives(&[], &one_switch, 1).ok);
-        let both_serving = History { records: vec![by("a", "w0"), by("b", "w1"), by("a", "w2"), by("b", "w3")] };
-        let v = never_two_actives(&[], &both_serving, 1);
-        assert!(!v.ok && v.detail.contains("3 times"), "{}", v.detail);
+    fn gap_is_the_longest_ack_silence_touching_the_window() {
+        let h = History { records: vec![ack(0, "a"), ack(10, "b"), ack(90, "c"), ack(95, "d"), ack(300, "e")] };
+        assert_eq!(h.gap_around(20, 50), 80);
+        assert_eq!(h.gap_around(96, 99), 205);
+        assert_eq!(h.acked().len(), 5);
     }
 }

@@ -1,41 +1,45 @@
 //! The hitless orchestrator: drives a rolling software upgrade of an
-//! active/standby pair of QEMU processors (US 7,178,056, Fig. 6).
+//! active/standby pair of processors (US 7,178,056, Fig. 6) — QEMU guests or
+//! the simulated pair — under a live workload, and checks the invariants.
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`config`] | the pair's YAML configuration and its validation |
-//! | [`images`] | boot image and per-version app disks, cached by content |
-//! | [`accel`] | KVM only where it really works, else TCG |
-//! | [`qemu`] | the QEMU command line, as pure functions |
+//! | [`config`] | the pair's YAML configuration, validated; names resolved to [`pair::ProcId`] |
+//! | [`pair`] | typed processor ids and the two-slot [`pair::Pair`] |
+//! | [`platform`] | where processors run: QEMU (KVM or TCG, vsock transport) or simulated |
+//! | [`images`] | boot image and per-version app disks from the recipe in `images/`, cached |
+//! | [`machine`] | the backend: start, stop, kill, pause, cut the link — on QEMU and in-process |
 //! | [`process`] | helper processes in their own groups, pid files |
-//! | [`qmp`] | QMP queries and actions on each QEMU |
-//! | [`channel`] | the vsock channel to each guest agent |
+//! | [`channel`] | the host's channel to each agent (vsock or loopback TCP) |
+//! | [`agents`] | calls to the agents: status, roles with epochs, evaluation; the standby waits |
+//! | [`testbed`] | up, attach, reload, status, down — once, over the backend |
 //! | [`rundir`] | the run directory: sockets, logs, state, journal |
-//! | [`testbed`] | up, attach, reload, status, down |
-//! | [`sim`] | the simulated pair: real agents in-process, no VMs |
-//! | [`events`] | the one event stream behind terminal and transcript |
-//! | [`procedure`] | Fig. 6 as a state machine: the transition table |
-//! | [`upgrade`] | executing the procedure on the pair, journal, fallback, rollback |
+//! | [`procedure`] | Fig. 6: the transition table, the journal, the loop that runs the steps |
 //! | [`workload`] | the client that submits work units during the upgrade |
-//! | [`load`] | the throughput and ack-latency probe of `make bench` |
-//! | [`history`] | invariant checks on the history and the final state |
+//! | [`history`] | what the workload did, as a history |
+//! | [`invariants`] | the checks over the history and the final state, as pure functions |
+//! | [`events`] | the one event stream behind terminal, transcript and tests |
 //! | [`transcript`] | the YAML record of a run |
-#![warn(missing_docs)]
+//! | [`load`] | the throughput and ack-latency probe of `make bench` |
+//! | [`error`] | errors by who must act, and the exit codes |
+//! | [`wait`] | the one bounded wait, and the timeouts |
 
-pub mod accel;
+pub mod agents;
 pub mod channel;
 pub mod config;
+pub mod error;
 pub mod events;
 pub mod history;
 pub mod images;
+pub mod invariants;
 pub mod load;
+pub mod machine;
+pub mod pair;
+pub mod platform;
 pub mod procedure;
 pub mod process;
-pub mod qemu;
-pub mod qmp;
 pub mod rundir;
-pub mod sim;
 pub mod testbed;
 pub mod transcript;
-pub mod upgrade;
+pub mod wait;
 pub mod workload;

@@ -1,28 +1,19 @@
 //! `hitless`: the command line. Parses arguments, wires the event stream to
-//! the terminal, runs a library command and maps its outcome to an exit code.
+//! the terminal, runs a library command and maps its outcome to an exit code
+//! (the codes live in [`hitless::error::exit`]).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hitless::config::Config;
+use hitless::error::{exit, Error, InputError};
 use hitless::events::{render, Events};
+use hitless::pair::ProcId;
+use hitless::procedure::{self, End, Options, Report};
 use hitless::rundir::RunDir;
-use hitless::testbed::{self, Testbed, TestbedError};
+use hitless::testbed::{self, Testbed};
+use hitless_protocol::Role;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Exit codes, so CI can tell a regression from a broken runner.
-mod exit {
-    /// A command failed (bad input, a step failed).
-    pub const FAILED: u8 = 1;
-    /// The upgrade was not acceptable and was rolled back (the pair is consistent, on the old version).
-    pub const ROLLED_BACK: u8 = 2;
-    /// An invariant was violated (lost work, two actives, inconsistent end): a real regression.
-    pub const INVARIANT: u8 = 4;
-    /// The environment is broken: QEMU missing, no image, run directory in use.
-    pub const ENVIRONMENT: u8 = 3;
-    /// Interrupted by Ctrl-C (everything started was stopped).
-    pub const INTERRUPTED: u8 = 130;
-}
 
 #[derive(Parser)]
 #[command(
@@ -30,9 +21,13 @@ mod exit {
     version,
     about = "Rehearse rolling (hitless) software upgrades of an active/standby pair of QEMU processors",
     long_about = "Two QEMU guests play the two processors of an active/standby pair. `hitless up` boots them \
-(first active, second standby), `hitless status` shows roles, versions, images and replication, \
-`hitless down` stops everything. The run directory (sockets, pids, logs, state) lets later commands re-attach.",
-    after_help = "Examples:\n  hitless up --config vm-configs/pair.yaml\n  hitless status\n  hitless down"
+(first active, second standby), `hitless upgrade --to V` upgrades them by the rolling procedure of \
+US 7,178,056 Fig. 6 under a live workload and checks the invariants, `hitless status` shows roles, \
+versions, images and replication, `hitless down` stops everything. The run directory (sockets, pids, \
+logs, state, journal, transcript) lets later commands re-attach.",
+    after_help = "Exit codes: 0 done; 1 a step or the input failed; 2 not acceptable, rolled back; \
+3 environment (QEMU missing, testbed not up / already up, upgrade interrupted); 4 an invariant was violated; \
+130 interrupted.\n\nExamples:\n  hitless up\n  hitless upgrade --to 2.0.0\n  hitless status\n  hitless down"
 )]
 struct Cli {
     /// Testbed configuration.
@@ -50,11 +45,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the boot image and every configured version's app disk (cached).
+    /// Build the boot image and every configured version's app disk (cached by content).
     Images,
     /// Boot the pair and leave it running in the initial state (step 200).
     Up,
-    /// Show each processor: QEMU state, attached image, agent role/version/replication.
+    /// Show each processor: machine state, attached image, agent role, version and replication.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -64,7 +59,7 @@ enum Cmd {
     ///
     /// A workload submits work units during the whole upgrade; at the end the
     /// invariants are checked. Exit 0: completed; 2: not acceptable, rolled back;
-    /// 4: an invariant was violated; 1: a step failed; 3: environment.
+    /// 4: an invariant was violated; 1: a step or the input failed; 3: environment.
     Upgrade {
         /// Target version (a key of `versions:` in the config).
         #[arg(long, required_unless_present = "resume")]
@@ -73,7 +68,7 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
         /// Continue an interrupted upgrade from the run directory's journal.
-        #[arg(long, conflicts_with = "dry_run")]
+        #[arg(long, conflicts_with_all = ["dry_run", "to"])]
         resume: bool,
         /// Do not run the built-in workload.
         #[arg(long)]
@@ -105,18 +100,14 @@ enum Cmd {
 }
 
 /// `--run-dir`, or the default for the config's testbed name (loading the config only then).
-fn run_dir(cli: &Cli, cfg: Option<&Config>) -> anyhow::Result<RunDir> {
+fn run_dir(cli: &Cli, suffix: &str) -> Result<RunDir, Error> {
     if let Some(d) = &cli.run_dir {
         return Ok(RunDir::new(d));
     }
-    let name = match cfg {
-        Some(c) => c.name.clone(),
-        None => Config::load(&cli.config)?.name,
-    };
-    Ok(RunDir::default_for(&name))
+    Ok(RunDir::default_for(&format!("{}{suffix}", Config::load(&cli.config)?.name)))
 }
 
-/// Why a run ended unsuccessfully although nothing broke (carries its exit code).
+/// A run that ended without an error but not as hoped: its exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 struct RunEnd {
@@ -124,7 +115,8 @@ struct RunEnd {
     code: u8,
 }
 
-fn finish_report(tb: &Testbed, r: &hitless::upgrade::Report) -> anyhow::Result<()> {
+/// Print a report's summary; its end decides the exit code.
+fn finish(tb: &Testbed, r: &Report) -> anyhow::Result<()> {
     println!("\nsummary ({}):", r.end);
     for (step, gap) in &r.gaps {
         println!("  service gap at step {step}: {gap} ms");
@@ -132,47 +124,40 @@ fn finish_report(tb: &Testbed, r: &hitless::upgrade::Report) -> anyhow::Result<(
     for v in &r.invariants {
         println!("  {} {}: {}", if v.ok { "ok  " } else { "FAIL" }, v.name, v.detail);
     }
-    println!("  transcript: {}", tb.run.transcript().display());
-    let code = if !r.invariants_ok() && r.end != "failed" {
-        exit::INVARIANT
-    } else {
-        match r.end.as_str() {
-            "completed" => return Ok(()),
-            "rolled-back" => exit::ROLLED_BACK,
-            _ => exit::FAILED,
-        }
+    println!("  transcript: {}", tb.run().transcript().display());
+    let code = match r.end {
+        _ if !r.invariants_ok() && r.end != End::Failed => exit::INVARIANT,
+        End::Completed => return Ok(()),
+        End::RolledBack => exit::ROLLED_BACK,
+        End::Failed => exit::FAILED,
     };
     Err(RunEnd { message: r.message.clone(), code }.into())
 }
 
-fn code_of(e: &anyhow::Error) -> u8 {
+fn exit_code(e: &anyhow::Error) -> u8 {
     if let Some(r) = e.downcast_ref::<RunEnd>() {
         return r.code;
     }
-    match e.downcast_ref::<TestbedError>() {
-        Some(
-            TestbedError::Environment(_) | TestbedError::AlreadyUp(_) | TestbedError::NotUp(_) | TestbedError::Image(_),
-        ) => exit::ENVIRONMENT,
-        Some(TestbedError::Interrupted) => exit::INTERRUPTED,
-        _ => exit::FAILED,
-    }
+    e.chain().find_map(|c| c.downcast_ref::<Error>()).map_or(exit::FAILED, Error::exit_code)
 }
 
 async fn up(cli: &Cli, events: Events) -> anyhow::Result<()> {
-    let cfg = Config::load(&cli.config)?;
-    let run = run_dir(cli, Some(&cfg))?;
-    let run2 = run.clone();
-    let ev2 = events.clone();
+    let cfg = Config::load(&cli.config).map_err(Error::from)?;
+    let run = match &cli.run_dir {
+        Some(d) => RunDir::new(d),
+        None => RunDir::default_for(&cfg.name),
+    };
+    let (run2, ev2) = (run.clone(), events.clone());
     let tb = tokio::select! {
         r = Testbed::up(cfg, run, events) => r?,
         _ = tokio::signal::ctrl_c() => {
             // The future is dropped mid-way; its processes are in the pid files.
             testbed::down(&run2, &ev2);
-            return Err(TestbedError::Interrupted.into());
+            return Err(Error::Interrupted.into());
         }
     };
     print_status(&tb, false).await;
-    eprintln!("pair is up; run directory {}", tb.run.root.display());
+    eprintln!("pair is up; run directory {}", tb.run().root.display());
     Ok(())
 }
 
@@ -184,15 +169,11 @@ async fn print_status(tb: &Testbed, json: bool) {
     }
     println!(
         "{:<6} {:<8} {:<15} {:<8} {:<7} {:<18} {:<34} {:>5} {:>5} {:<28} REPLICATION",
-        "PROC", "QEMU", "ROLE", "VERSION", "EPOCH", "FEATURES", "IMAGE", "SEQ", "LAG", "PEER (over link)"
+        "PROC", "MACHINE", "ROLE", "VERSION", "EPOCH", "FEATURES", "IMAGE", "SEQ", "LAG", "PEER (over link)"
     );
-    for p in st {
-        let img = p
-            .app_disk
-            .as_ref()
-            .map(|d| d.backing.rsplit('/').next().unwrap_or("").to_string())
-            .unwrap_or_else(|| "-".into());
-        let qemu = p.run_state.clone().unwrap_or_else(|| "down".into());
+    for p in st.values() {
+        let img = p.app_disk.as_ref().map_or("-", |d| d.backing.rsplit('/').next().unwrap_or("-"));
+        let machine = p.run_state.as_deref().unwrap_or("down");
         match &p.agent {
             Ok(a) => {
                 let feats = if a.hello.enabled.is_empty() {
@@ -207,18 +188,18 @@ async fn print_status(tb: &Testbed, json: bool) {
                 };
                 let r = &a.replication;
                 let repl = match a.hello.role {
-                    hitless_protocol::Role::Active if r.simplex => "simplex".to_string(),
-                    hitless_protocol::Role::Active => {
+                    Role::Active if r.simplex => "simplex".to_string(),
+                    Role::Active => {
                         format!("sending, registered {}", r.registered.map_or("-".into(), |s| s.to_string()))
                     }
-                    hitless_protocol::Role::Standby if r.synced => format!("registered (step-ups {})", r.stepups),
-                    hitless_protocol::Role::Standby => "awaiting step-up".into(),
-                    hitless_protocol::Role::OutOfService => "-".into(),
+                    Role::Standby if r.synced => format!("registered (step-ups {})", r.stepups),
+                    Role::Standby => "awaiting step-up".into(),
+                    Role::OutOfService => "-".into(),
                 };
                 println!(
                     "{:<6} {:<8} {:<15} {:<8} {:<7} {:<18} {:<34} {:>5} {:>5} {:<28} {}",
                     p.name,
-                    qemu,
+                    machine,
                     a.hello.role.to_string(),
                     a.hello.version,
                     a.hello.epoch,
@@ -230,7 +211,9 @@ async fn print_status(tb: &Testbed, json: bool) {
                     repl
                 );
             }
-            Err(e) => println!("{:<6} {:<8} {:<15} {:<8} agent unreachable: {e}", p.name, qemu, "?", p.booted_version),
+            Err(e) => {
+                println!("{:<6} {:<8} {:<15} {:<8} agent unreachable: {e}", p.name, machine, "?", p.booted_version)
+            }
         }
     }
 }
@@ -238,9 +221,9 @@ async fn print_status(tb: &Testbed, json: bool) {
 async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
     match &cli.command {
         Cmd::Images => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config).map_err(Error::from)?;
             let t = std::time::Instant::now();
-            let (boot, apps) = hitless::images::build_all(&cfg).context("make images")?;
+            let (boot, apps) = hitless::images::build_all(&cfg).map_err(Error::from).context("make images")?;
             println!("boot   {} + {}", boot.kernel.display(), boot.initrd.display());
             for a in apps {
                 println!("{:<16} {}", a.version, a.path.display());
@@ -250,68 +233,68 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
         }
         Cmd::Up => up(&cli, events).await,
         Cmd::Status { json } => {
-            let tb = Testbed::attach(run_dir(&cli, None)?, events)?;
+            let tb = Testbed::attach(run_dir(&cli, "")?, events)?;
             print_status(&tb, *json).await;
             Ok(())
         }
         Cmd::Upgrade { to, dry_run, resume, no_workload } => {
-            let mut tb = Testbed::attach(run_dir(&cli, None)?, events)?;
+            let mut tb = Testbed::attach(run_dir(&cli, "")?, events)?;
             if *dry_run {
-                let to = to.clone().unwrap_or_default();
-                let p = hitless::upgrade::plan(&tb, &to).await?;
+                let p = procedure::plan(&tb, to.as_deref().unwrap_or_default()).await?;
                 println!(
                     "plan: upgrade {} -> {} ({} active first, {} upgraded first); nothing will change",
                     p.from, p.to, p.first, p.second
                 );
-                for line in hitless::upgrade::describe_plan(&tb, &p) {
+                for line in procedure::describe_plan(&tb, &p) {
                     println!("  {line}");
                 }
                 return Ok(());
             }
-            let opts = hitless::upgrade::Options { resume: *resume, workload: !no_workload };
-            let report = hitless::upgrade::upgrade(&mut tb, to.as_deref().unwrap_or_default(), opts).await?;
-            finish_report(&tb, &report)
+            let opts = Options { resume: *resume, workload: !no_workload };
+            let report = procedure::upgrade(&mut tb, to.as_deref().unwrap_or_default(), opts).await?;
+            finish(&tb, &report)
         }
         Cmd::Rollback => {
-            let mut tb = Testbed::attach(run_dir(&cli, None)?, events)?;
-            let report = hitless::upgrade::rollback(&mut tb).await?;
-            finish_report(&tb, &report)
+            let mut tb = Testbed::attach(run_dir(&cli, "")?, events)?;
+            let report = procedure::rollback(&mut tb).await?;
+            finish(&tb, &report)
         }
         Cmd::Enable { features } => {
-            let tb = Testbed::attach(run_dir(&cli, None)?, events)?;
+            let tb = Testbed::attach(run_dir(&cli, "")?, events)?;
             let mut features = features.clone();
             if features.is_empty() {
-                let active = tb.active().await.ok_or_else(|| anyhow::anyhow!("no processor is active"))?;
-                features = tb.agent_status(&active).await?.hello.supported.into_iter().collect();
+                let active = tb.active().await.unwrap_or(ProcId::FIRST);
+                features = tb.agents().status(active).await.map_err(Error::from)?.hello.supported.into_iter().collect();
             }
             if features.is_empty() {
                 eprintln!("the running version has no features to enable");
                 return Ok(());
             }
-            hitless::upgrade::enable_features(&tb, &features).await.context("enabling features")?;
+            procedure::enable_features(&tb, &features).await.context("enabling features")?;
             Ok(())
         }
         Cmd::Simulate { to } => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config).map_err(Error::from)?;
             let run = match &cli.run_dir {
                 Some(d) => RunDir::new(d),
                 None => RunDir::default_for(&format!("{}-simulated", cfg.name)),
             };
             // A VM testbed's run directory holds pid files of live processes: never clear that.
-            if run.load_state().is_ok_and(|st| st.accel != hitless::accel::Accel::Simulated) {
-                return Err(TestbedError::AlreadyUp(run.root.clone()).into());
+            if run.load_state().is_ok_and(|st| st.platform != hitless::platform::Platform::Simulated) {
+                return Err(Error::from(hitless::error::EnvironmentError::AlreadyUp(run.root.clone())).into());
             }
+            // Unknown versions are bad input, before anything is made.
+            cfg.version(to).map_err(|e: InputError| Error::from(e))?;
             // The simulated pair lives in this process: whatever a previous rehearsal left is only files.
             if run.root.exists() {
                 std::fs::remove_dir_all(&run.root).with_context(|| format!("clearing {}", run.root.display()))?;
             }
             let mut tb = Testbed::simulated(cfg, run, events).await?;
-            let opts = hitless::upgrade::Options { resume: false, workload: true };
-            let report = hitless::upgrade::upgrade(&mut tb, to, opts).await?;
-            finish_report(&tb, &report)
+            let report = procedure::upgrade(&mut tb, to, Options { resume: false, workload: true }).await?;
+            finish(&tb, &report)
         }
         Cmd::Down => {
-            let run = run_dir(&cli, None)?;
+            let run = run_dir(&cli, "")?;
             let n = testbed::down(&run, &events);
             eprintln!("down: stopped {n} processes, removed {}", run.root.display());
             Ok(())
@@ -343,7 +326,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hitless: error: {e:#}");
-            ExitCode::from(code_of(&e))
+            ExitCode::from(exit_code(&e))
         }
     }
 }

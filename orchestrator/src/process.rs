@@ -19,7 +19,6 @@ pub enum ProcessError {
     Spawn {
         /// The program.
         program: String,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -28,7 +27,6 @@ pub enum ProcessError {
     File {
         /// The file.
         path: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -128,6 +126,16 @@ pub fn stop_group(pid: u32, grace: Duration) {
         let _ = killpg(pg, Signal::SIGKILL).or_else(|_| kill(pg, Signal::SIGKILL));
         wait_exit(pid, Duration::from_secs(2));
     }
+}
+
+/// Kill the process group led by `pid` at once (SIGKILL), as a power failure would; reaped if ours.
+pub fn kill_group(pid: u32) {
+    if pid <= 1 || !alive(pid) {
+        return;
+    }
+    let pg = Pid::from_raw(pid as i32);
+    let _ = killpg(pg, Signal::SIGKILL).or_else(|_| kill(pg, Signal::SIGKILL));
+    wait_exit(pid, Duration::from_secs(2));
 }
 
 /// Stop the helper whose pid is in `pid_file` (if any), then remove the file.

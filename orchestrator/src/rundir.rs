@@ -2,7 +2,8 @@
 //! the state file that lets later commands re-attach, the journal, the
 //! transcript and the workload history. Names are fixed here and nowhere else.
 
-use crate::accel::Accel;
+use crate::pair::Pair;
+use crate::platform::Platform;
 use std::path::{Path, PathBuf};
 
 /// Layout of a run directory.
@@ -12,41 +13,27 @@ pub struct RunDir {
     pub root: PathBuf,
 }
 
-/// Which vsock transport the testbed uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VsockKind {
-    /// Kernel vhost-vsock.
-    Kernel,
-    /// Userspace vhost-device-vsock.
-    User,
-    /// No vsock: loopback TCP to the simulated pair's in-process agents.
-    Tcp,
-}
-
 /// What `hitless up` leaves for later commands.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct State {
     /// Config file the testbed was started from.
     pub config: PathBuf,
-    /// Accelerator in use.
-    pub accel: Accel,
-    /// Why that accelerator.
-    pub accel_reason: String,
-    /// vsock transport in use.
-    pub vsock: VsockKind,
-    /// Last role-command epoch issued.
+    /// Where the processors run.
+    pub platform: Platform,
+    /// Why that platform (the accelerator's reasoning).
+    pub platform_reason: String,
+    /// Last role-command epoch issued; only ever increases.
     pub epoch: u64,
-    /// Per processor.
-    pub processors: Vec<ProcState>,
+    /// Per processor, in config order.
+    pub processors: Pair<ProcState>,
 }
 
 /// One processor's recorded state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcState {
-    /// Name.
+    /// Its name when the testbed came up (a later config must agree).
     pub name: String,
-    /// Version it runs.
+    /// Version it was last booted with.
     pub version: String,
     /// Boots so far (each reload is one more); names the overlay.
     pub boots: u32,

@@ -1,73 +1,52 @@
 //! The transcript: a YAML file in the run directory with a header (versions,
-//! images, accelerator, vsock mode, config) and every event of the run. It is
-//! the event stream written down, not a second log; fields that vary run to
-//! run (`at_ms`, `*_ms`, `pid`, paths) are kept apart for snapshot redaction.
+//! images, platform, config) and every event of the run. It is the event
+//! stream written down, not a second log; fields that vary run to run
+//! (`at_ms`, `*_ms`, `pid`, paths) are kept apart for snapshot redaction.
 
 use crate::events::Entry;
-use crate::testbed::Testbed;
-use crate::upgrade::Plan;
+use crate::platform::Platform;
 use serde::Serialize;
+use std::path::Path;
 
-/// The transcript's header.
+/// What the run was: written above its events.
 #[derive(Debug, Clone, Serialize)]
 pub struct Header {
     /// Config file.
     pub config: String,
-    /// Old and new version.
+    /// The version the pair ran before.
     pub from: String,
-    /// New version.
+    /// The version it is upgraded to.
     pub to: String,
-    /// Processor active at step 200.
+    /// Processor active at step 200 (upgraded second).
     pub first: String,
-    /// Processor upgraded first.
+    /// Processor upgraded and evaluated first.
     pub second: String,
-    /// Accelerator and why.
-    pub accelerator: String,
-    /// Why that accelerator.
-    pub accelerator_reason: String,
-    /// vsock transport.
-    pub vsock: String,
-    /// Version images.
+    /// Where the processors ran: QEMU (accelerator, vsock) or the simulated pair.
+    pub platform: Platform,
+    /// Why that platform.
+    pub platform_reason: String,
+    /// Each version's image.
     pub images: Vec<(String, String)>,
-    /// Evaluation window.
+    /// Evaluation window at step 204.
     pub evaluation_ms: u64,
 }
 
 /// The whole transcript.
 #[derive(Debug, Clone, Serialize)]
-pub struct Transcript {
-    /// Header.
-    pub header: Header,
+pub struct Transcript<'a> {
+    /// What the run was.
+    pub header: &'a Header,
     /// Events, in order.
-    pub events: Vec<Entry>,
+    pub events: &'a [Entry],
 }
 
-/// Build the transcript of the testbed's event stream so far.
-pub fn build(tb: &Testbed, plan: &Plan) -> Transcript {
-    let img = |v: &str| tb.version_info(v).map(|i| i.image).unwrap_or_default();
-    Transcript {
-        header: Header {
-            config: tb.cfg.file.display().to_string(),
-            from: plan.from.clone(),
-            to: plan.to.clone(),
-            first: plan.first.clone(),
-            second: plan.second.clone(),
-            accelerator: tb.state.accel.to_string(),
-            accelerator_reason: tb.state.accel_reason.clone(),
-            vsock: format!("{:?}", tb.state.vsock).to_lowercase(),
-            images: vec![(plan.from.clone(), img(&plan.from)), (plan.to.clone(), img(&plan.to))],
-            evaluation_ms: plan.evaluation_ms,
-        },
-        events: tb.events.entries(),
-    }
-}
-
-/// Write `transcript.yaml` into the run directory (best effort: the run's outcome stands regardless).
-pub fn write(tb: &Testbed, plan: &Plan) {
-    match serde_saphyr::to_string(&build(tb, plan)) {
+/// Write the transcript to `path` atomically (best effort: the run's outcome
+/// stands regardless, and a failure to write it is logged).
+pub fn write(path: &Path, header: &Header, events: &[Entry]) {
+    match serde_saphyr::to_string(&Transcript { header, events }) {
         Ok(y) => {
-            if let Err(e) = crate::rundir::write_atomic(&tb.run.transcript(), y.as_bytes()) {
-                tracing::warn!("transcript not written: {e}");
+            if let Err(e) = crate::rundir::write_atomic(path, y.as_bytes()) {
+                tracing::warn!("transcript not written to {}: {e}", path.display());
             }
         }
         Err(e) => tracing::warn!("transcript not serialized: {e}"),

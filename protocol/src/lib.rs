@@ -218,7 +218,7 @@ pub enum WorkReply {
     Rejected {
         /// Request id.
         id: String,
-        /// Why.
+        /// Why, in words a client can log.
         reason: String,
     },
 }

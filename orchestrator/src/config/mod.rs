@@ -4,6 +4,8 @@
 //! validates the meaning and reports every problem at once, each with file,
 //! line and a hint. Relative paths resolve against the config file.
 
+use crate::error::InputError;
+use crate::pair::{Pair, ProcId};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
@@ -17,7 +19,6 @@ pub enum ConfigError {
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -155,7 +156,7 @@ pub struct Config {
     /// vsock mode.
     pub vsock: VsockMode,
     /// The two processors; the first starts active.
-    pub processors: Vec<Processor>,
+    pub processors: Pair<Processor>,
     /// Version the pair boots with.
     pub initial_version: String,
     /// Known versions.
@@ -177,13 +178,11 @@ pub struct Config {
 /// A validated processor.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Processor {
-    /// Name.
     pub name: String,
     /// Link MAC.
     pub mac: String,
     /// Memory in MiB.
     pub memory_mib: u32,
-    /// vCPUs.
     pub vcpus: u32,
     /// vsock CID.
     pub cid: u32,
@@ -212,14 +211,12 @@ impl Processor {
 pub enum Version {
     /// Build the bundled agent with Cargo features.
     Build {
-        /// Features.
         features: Vec<String>,
         /// Test image.
         test_only: bool,
     },
     /// A prebuilt agent binary.
     Prebuilt {
-        /// Path.
         agent: PathBuf,
         /// Test image.
         test_only: bool,
@@ -373,9 +370,10 @@ impl Config {
         if !(100..=600_000).contains(&raw.evaluation_ms) {
             problems.push(format!("  evaluation_ms {} is out of range 100..600000", raw.evaluation_ms));
         }
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: path.to_path_buf(), problems });
-        }
+        let processors = match <[Processor; 2]>::try_from(processors) {
+            Ok([a, b]) if problems.is_empty() => Pair::new(a, b),
+            _ => return Err(ConfigError::Invalid { path: path.to_path_buf(), problems }),
+        };
         let p = &raw.paths;
         let qemu = std::env::var_os("HITLESS_QEMU")
             .map(PathBuf::from)
@@ -400,9 +398,23 @@ impl Config {
         })
     }
 
-    /// The processor called `name`.
-    pub fn processor(&self, name: &str) -> Option<&Processor> {
-        self.processors.iter().find(|p| p.name == name)
+    /// The processor called `name`: resolved here, once, so that nothing inside
+    /// works with a name that the config does not define.
+    pub fn proc_id(&self, name: &str) -> Result<ProcId, InputError> {
+        self.processors.find(|p| p.name == name).ok_or_else(|| InputError::UnknownProcessor {
+            name: name.to_string(),
+            file: self.file.clone(),
+            known: self.processors.values().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The version called `name`, or an error listing the known ones.
+    pub fn version(&self, name: &str) -> Result<&Version, InputError> {
+        self.versions.get(name).ok_or_else(|| InputError::UnknownVersion {
+            version: name.to_string(),
+            file: self.file.clone(),
+            known: self.versions.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 }
 

@@ -24,10 +24,10 @@ fn defaults_and_derived_values() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.accelerator, AccelChoice::Auto);
     assert_eq!(c.vsock, VsockMode::Auto);
-    assert_eq!(c.processors[0].memory_mib, 256);
-    assert_eq!(c.processors[1].memory_mib, 512);
-    assert_eq!((c.processors[0].cid, c.processors[1].cid), (3, 4));
-    assert_eq!(c.processors[0].link_local(), "fe80::5054:ff:fe00:121");
+    assert_eq!(c.processors[ProcId::FIRST].memory_mib, 256);
+    assert_eq!(c.processors[ProcId::SECOND].memory_mib, 512);
+    assert_eq!((c.processors[ProcId::FIRST].cid, c.processors[ProcId::SECOND].cid), (3, 4));
+    assert_eq!(c.processors[ProcId::FIRST].link_local(), "fe80::5054:ff:fe00:121");
     assert_eq!(c.evaluation_ms, 1500);
     assert_eq!(c.versions["2.0.0"], Version::Build { features: vec!["v2".into()], test_only: false });
     // Relative paths resolve against the config file.
@@ -38,8 +38,12 @@ fn defaults_and_derived_values() {
 fn the_shipped_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-configs/pair.yaml");
     let c = Config::load(&path).unwrap();
-    assert_eq!(c.processors.len(), 2);
+    assert_eq!(c.proc_id("p122").unwrap(), ProcId::SECOND);
     assert!(c.versions.contains_key("2.0.0-bad-eval"));
+    let e = c.version("9.9.9").unwrap_err().to_string();
+    assert!(e.contains("version 9.9.9 is not in") && e.contains("known: 1.0.0, 2.0.0"), "{e}");
+    let e = c.proc_id("p999").unwrap_err().to_string();
+    assert!(e.contains("processor p999 is not in") && e.contains("known: p121, p122"), "{e}");
 }
 
 #[test]

@@ -1,0 +1,19 @@
+#!/bin/sh
+# The guest's init (PID 1 in the initramfs): load the modules the boot image
+# lists, mount the app disk read-only, bring up the inter-VM link with IPv6
+# link-local only (no duplicate-address detection on a point-to-point link),
+# then become the agent. Every failure says "init: ..." on the console: the
+# orchestrator reports the first such line when a processor does not boot.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+while read m; do insmod /lib/modules/$m || echo "init: insmod $m failed"; done < /modules.list
+for f in /proc/sys/net/ipv6/conf/default/accept_dad /proc/sys/net/ipv6/conf/all/accept_dad; do echo 0 > $f; done
+n=0; while [ ! -b /dev/vda ] || [ ! -e /sys/class/net/eth0 ]; do n=$((n+1)); [ $n -gt 500 ] && break; usleep 10000; done
+[ -b /dev/vda ] || echo "init: no app disk: /dev/vda did not appear"
+mkdir -p /app && mount -t ext4 -o ro /dev/vda /app || echo "init: cannot mount the app disk (/dev/vda): is the image corrupt?"
+ip link set lo up
+echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
+ip link set eth0 up || echo "init: no link NIC (eth0)"
+[ -x /app/hitless-agent ] || { echo "init: no agent on the app disk (/app/hitless-agent)"; poweroff -f; }
+exec /app/hitless-agent --from-cmdline

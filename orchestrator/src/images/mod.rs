@@ -1,0 +1,155 @@
+//! Guest images, built from the recipe in the repository's `images/`
+//! directory. One **boot image** for all versions ([`boot`]: a kernel and an
+//! initramfs with busybox, the modules the devices need and the init), plus
+//! one **app disk** per software version ([`app`]: ext4 holding that
+//! version's agent binary and manifest). Everything is cached by the content
+//! of its inputs, so a second build does nothing.
+
+pub mod app;
+pub mod boot;
+pub mod pvh;
+
+pub use app::{app_image, AppImage};
+pub use boot::{boot_image, BootImage};
+
+use crate::config::Config;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The recipe files, compiled in (and hashed into the boot image's cache key).
+pub mod recipe {
+    /// The initramfs's `/init`.
+    pub const INIT: &str = include_str!("../../../images/init.sh");
+    /// Busybox applets to link, one per line (`#` comments).
+    pub const APPLETS: &str = include_str!("../../../images/applets.txt");
+    /// Kernel modules the devices need, one per line (`#` comments).
+    pub const MODULES: &str = include_str!("../../../images/modules.txt");
+
+    /// The entries of a recipe list: non-empty lines without comments.
+    pub fn entries(list: &str) -> Vec<&str> {
+        list.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).collect()
+    }
+}
+
+/// What went wrong building or finding images.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A file or tool is missing.
+    #[error("{what} not found at {} (run `make setup`)", path.display())]
+    Missing {
+        /// What was looked for.
+        what: &'static str,
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// A build tool failed.
+    #[error("`{cmd}` failed: {detail}")]
+    Tool {
+        /// The command line.
+        cmd: String,
+        /// Its exit status and stderr tail, or why it did not start.
+        detail: String,
+    },
+    /// A file operation failed.
+    #[error("{}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The version is not in the configuration.
+    #[error("version {version} is not in {} (known: {known})", file.display())]
+    UnknownVersion {
+        /// The version asked for.
+        version: String,
+        /// The config file.
+        file: PathBuf,
+        /// The versions it defines.
+        known: String,
+    },
+    /// The agent's manifest could not be read.
+    #[error("agent {} did not print a valid manifest: {detail}", path.display())]
+    Manifest {
+        /// The binary.
+        path: PathBuf,
+        detail: String,
+    },
+}
+
+/// Build everything the configuration names: the boot image and every version's app disk.
+pub fn build_all(cfg: &Config) -> Result<(BootImage, Vec<AppImage>), ImageError> {
+    let boot = boot_image(cfg)?;
+    let apps = cfg.versions.keys().map(|v| app_image(cfg, v)).collect::<Result<Vec<_>, _>>()?;
+    Ok((boot, apps))
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io { path: path.to_path_buf(), source }
+}
+
+/// Run a build tool; its stdout, or its stderr tail in the error.
+fn run(cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
+    let name = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|e| ImageError::Tool { cmd: name.clone(), detail: e.to_string() })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+        return Err(ImageError::Tool { cmd: name, detail: format!("{}\n{tail}", out.status) });
+    }
+    Ok(out.stdout)
+}
+
+fn hash_files(h: &mut Sha256, files: &[PathBuf]) -> Result<(), ImageError> {
+    for f in files {
+        h.update(f.to_string_lossy().as_bytes());
+        h.update(std::fs::read(f).map_err(io(f))?);
+    }
+    Ok(())
+}
+
+/// The first 8 bytes of a digest, in hex: enough to key the cache.
+fn short(h: Sha256) -> String {
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    std::fs::write(path, data).map_err(io(path))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+/// A scratch directory inside the cache (same filesystem, so results move in by rename);
+/// removed on drop, so a failed or interrupted build leaves nothing behind.
+fn scratch(cache: &Path) -> Result<tempfile::TempDir, ImageError> {
+    std::fs::create_dir_all(cache).map_err(io(cache))?;
+    tempfile::Builder::new().prefix(".build-").tempdir_in(cache).map_err(io(cache))
+}
+
+/// Move a finished build into place atomically, so a reader never sees half an image.
+fn publish(from: &Path, to: &Path) -> Result<(), ImageError> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        // Someone else published it first: theirs is as good as ours.
+        Err(_) if to.exists() => Ok(()),
+        Err(e) => Err(ImageError::Io { path: to.to_path_buf(), source: e }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_lists_skip_comments_and_blank_lines() {
+        assert_eq!(recipe::entries("# c\nsh\n\n mount # why\n"), ["sh", "mount"]);
+        assert!(recipe::entries(recipe::APPLETS).contains(&"sh"));
+        assert!(recipe::entries(recipe::MODULES).contains(&"virtio_net"));
+        assert!(recipe::INIT.starts_with("#!/bin/sh"));
+    }
+}

@@ -1,0 +1,184 @@
+//! Where the processors run: the [`Platform`] of a testbed, chosen once at
+//! `hitless up` and recorded in its state. QEMU guests need an accelerator
+//! and a vsock transport; the simulated pair needs neither, so those choices
+//! exist only inside [`Platform::Qemu`].
+//!
+//! A `/dev/kvm` that exists is not enough for KVM: in a nested sandbox without
+//! VMX/SVM, KVM starts and then hangs the guest. So `auto` needs the device to
+//! open *and* the CPU to advertise hardware virtualization; otherwise TCG.
+
+use crate::config::{AccelChoice, VsockMode};
+use serde::{Deserialize, Serialize};
+
+/// Where a testbed's processors run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    /// QEMU guests.
+    Qemu {
+        /// Hardware virtualization or emulation.
+        accel: Accel,
+        /// How the host reaches each guest's vsock.
+        vsock: Vsock,
+    },
+    /// Real agents in the orchestrator's process ([`crate::machine::sim`]).
+    Simulated,
+}
+
+/// The accelerator of a QEMU guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation (several times slower; timeouts scale with it).
+    Tcg,
+}
+
+/// The host side of a guest's vsock device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vsock {
+    /// Kernel vhost-vsock (`/dev/vhost-vsock`), reached by CID.
+    Kernel,
+    /// The userspace vhost-device-vsock daemon, one per processor, reached through its unix socket.
+    User,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+impl std::fmt::Display for Vsock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Vsock::Kernel => "kernel",
+            Vsock::User => "user",
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Platform::Qemu { accel, vsock } => write!(f, "qemu ({accel}, vsock {vsock})"),
+            Platform::Simulated => f.write_str("simulated pair (in-process agents)"),
+        }
+    }
+}
+
+impl Platform {
+    /// The accelerator, for QEMU guests.
+    pub fn accel(self) -> Option<Accel> {
+        match self {
+            Platform::Qemu { accel, .. } => Some(accel),
+            Platform::Simulated => None,
+        }
+    }
+
+    /// How much slower than native the processors run: waits scale with it.
+    pub fn slowdown(self) -> u32 {
+        match self {
+            Platform::Qemu { accel: Accel::Tcg, .. } => 3,
+            Platform::Qemu { accel: Accel::Kvm, .. } | Platform::Simulated => 1,
+        }
+    }
+}
+
+/// What the host offers for KVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostKvm {
+    /// `/dev/kvm` opens read-write.
+    pub device_usable: bool,
+    /// The CPU flags include `vmx` or `svm`.
+    pub cpu_virt: bool,
+}
+
+impl HostKvm {
+    /// Probe this host.
+    pub fn probe() -> Self {
+        let device_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        let cpu_virt = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.starts_with("flags"))
+                    .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+            })
+            .unwrap_or(false);
+        HostKvm { device_usable, cpu_virt }
+    }
+}
+
+/// Pick the accelerator for `choice` on a host offering `host`; the string says why.
+pub fn choose_accel(choice: AccelChoice, host: HostKvm) -> Result<(Accel, String), String> {
+    let works = host.device_usable && host.cpu_virt;
+    let why_not = if !host.device_usable {
+        "/dev/kvm is missing or not accessible"
+    } else {
+        "/dev/kvm exists but the CPU has no vmx/svm flag (nested sandbox: KVM would hang)"
+    };
+    match choice {
+        AccelChoice::Tcg => Ok((Accel::Tcg, "tcg requested".into())),
+        AccelChoice::Kvm if works => Ok((Accel::Kvm, "kvm requested and usable".into())),
+        AccelChoice::Kvm => Err(format!("accelerator kvm requested, but {why_not}; use accelerator: auto or tcg")),
+        AccelChoice::Auto if works => Ok((Accel::Kvm, "auto: /dev/kvm usable and the CPU has vmx/svm".into())),
+        AccelChoice::Auto => Ok((Accel::Tcg, format!("auto: {why_not}"))),
+    }
+}
+
+/// Pick the vsock transport for `mode`, given whether `/dev/vhost-vsock` is usable.
+pub fn choose_vsock(mode: VsockMode, kernel_usable: bool) -> Result<Vsock, String> {
+    match mode {
+        VsockMode::Kernel if kernel_usable => Ok(Vsock::Kernel),
+        VsockMode::Kernel => {
+            Err("vsock: kernel requested but /dev/vhost-vsock is not usable; use vsock: auto or user".into())
+        }
+        VsockMode::User => Ok(Vsock::User),
+        VsockMode::Auto if kernel_usable => Ok(Vsock::Kernel),
+        VsockMode::Auto => Ok(Vsock::User),
+    }
+}
+
+/// Whether this host's `/dev/vhost-vsock` opens.
+pub fn kernel_vsock_usable() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-vsock").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_needs_device_and_cpu_flag() {
+        let h = |d, c| HostKvm { device_usable: d, cpu_virt: c };
+        assert_eq!(choose_accel(AccelChoice::Auto, h(true, true)).map(|x| x.0), Ok(Accel::Kvm));
+        // The trap of these machines: the device exists, the CPU cannot.
+        let (a, why) = choose_accel(AccelChoice::Auto, h(true, false)).unwrap_or((Accel::Kvm, String::new()));
+        assert_eq!(a, Accel::Tcg);
+        assert!(why.contains("vmx/svm"), "{why}");
+        assert_eq!(choose_accel(AccelChoice::Auto, h(false, true)).map(|x| x.0), Ok(Accel::Tcg));
+        assert!(choose_accel(AccelChoice::Kvm, h(true, false)).is_err());
+        assert_eq!(choose_accel(AccelChoice::Tcg, h(true, true)).map(|x| x.0), Ok(Accel::Tcg));
+    }
+
+    #[test]
+    fn vsock_auto_prefers_the_kernel_and_kernel_mode_requires_it() {
+        assert_eq!(choose_vsock(VsockMode::Auto, true), Ok(Vsock::Kernel));
+        assert_eq!(choose_vsock(VsockMode::Auto, false), Ok(Vsock::User));
+        assert!(choose_vsock(VsockMode::Kernel, false).is_err());
+        assert_eq!(choose_vsock(VsockMode::User, true), Ok(Vsock::User));
+    }
+
+    #[test]
+    fn the_platform_is_recorded_as_one_value() {
+        let q = Platform::Qemu { accel: Accel::Tcg, vsock: Vsock::User };
+        let json = serde_json::to_string(&q).unwrap_or_default();
+        assert_eq!(json, r#"{"qemu":{"accel":"tcg","vsock":"user"}}"#);
+        assert_eq!(serde_json::to_string(&Platform::Simulated).unwrap_or_default(), r#""simulated""#);
+    }
+}

@@ -1,0 +1,19 @@
+//! The rolling-upgrade procedure of US 7,178,056 Fig. 6 (steps 200–207 and
+//! the fallback):
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`table`] | the state machine: which step follows which outcome (one exhaustive match) |
+//! | [`journal`] | the plan, the journal written around each step, where `--resume` goes on |
+//! | `run` | the one loop that drives steps for upgrade, resume and rollback; the report |
+//! | `steps` | what each step does to the pair, the evaluation and the fallback |
+
+pub mod journal;
+mod run;
+mod steps;
+pub mod table;
+
+pub use journal::{describe_plan, plan, read_journal, resume_step, Journal, Plan};
+pub use run::{rollback, upgrade, Options, Report};
+pub use steps::enable_features;
+pub use table::{next, End, Outcome, Step, ALL_OUTCOMES, ALL_STEPS};

@@ -1,0 +1,254 @@
+//! Running the procedure on a live [`Testbed`] while a workload runs: one
+//! loop ([`Run::drive`]) takes steps from a starting point to an end, for an
+//! upgrade, a resumed upgrade and a rollback alike. Each step is journalled
+//! before and after and reported on the event stream; at the end the
+//! invariants are checked and the transcript is written.
+
+use super::journal::{plan, read_journal, resume_step, write_journal, Journal, Plan};
+use super::table::{next, End, Outcome, Step};
+use crate::error::{chain, Error, ProcedureError};
+use crate::events::Event;
+use crate::history::History;
+use crate::invariants::{self, Final, Verdict};
+use crate::pair::ProcId;
+use crate::testbed::Testbed;
+use crate::transcript;
+use crate::workload::Workload;
+use hitless_protocol::{FeatureSet, Role};
+use serde::Serialize;
+use std::time::Instant;
+
+/// How a run ended, with the evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The end reached.
+    pub end: End,
+    /// One-line summary.
+    pub message: String,
+    /// Every invariant's verdict.
+    pub invariants: Vec<Verdict>,
+    /// Service gap per switchover (step, ms).
+    pub gaps: Vec<(Step, u64)>,
+    /// Work requests the workload got acknowledged.
+    pub acked: usize,
+}
+
+impl Report {
+    /// True when every invariant held.
+    pub fn invariants_ok(&self) -> bool {
+        self.invariants.iter().all(|v| v.ok)
+    }
+}
+
+/// What an upgrade run may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Continue from the journal instead of starting.
+    pub resume: bool,
+    /// Run the built-in workload during the upgrade.
+    pub workload: bool,
+}
+
+/// One run of the procedure on a testbed.
+pub(super) struct Run<'a> {
+    pub(super) tb: &'a mut Testbed,
+    pub(super) plan: Plan,
+    /// Active at step 200, upgraded second.
+    pub(super) first: ProcId,
+    /// Upgraded and evaluated first.
+    pub(super) second: ProcId,
+    pub(super) workload: Option<Workload>,
+    /// Switchover windows (step, from ms, to ms) on the workload's clock.
+    pub(super) switches: Vec<(Step, u64, u64)>,
+    /// Why the last step failed or was not acceptable.
+    pub(super) why: Option<String>,
+    /// The step that led to the fallback (for the outcome message).
+    pub(super) fallback_from: Option<Step>,
+}
+
+/// Run the upgrade to `to` (or resume it from the journal). Ends in a report
+/// whatever the outcome; an `Err` means the run could not even start.
+pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report, Error> {
+    let (plan, step, fallback_from) = if opts.resume {
+        let j = read_journal(tb.run()).ok_or_else(|| ProcedureError::NoJournal(tb.run().root.clone()))?;
+        let at = resume_step(&j)?;
+        let phase = if j.outcome.is_some() { "done" } else { "begun" };
+        tb.events().progress(format!("resuming from the journal: step {} {phase}, continuing at {at}", j.step));
+        (j.plan, at, j.fallback_from)
+    } else {
+        if let Some(j) = read_journal(tb.run()).filter(|j| !j.step.is_end()) {
+            return Err(ProcedureError::Interrupted { step: j.step }.into());
+        }
+        (plan(tb, to).await?, Step::Initial, None)
+    };
+    let run = Run::start(tb, plan, opts.workload, None, fallback_from)?;
+    Ok(run.drive(step).await)
+}
+
+/// Roll back to the old version from any step before 207.
+pub async fn rollback(tb: &mut Testbed) -> Result<Report, Error> {
+    let j = read_journal(tb.run()).ok_or_else(|| ProcedureError::NoJournal(tb.run().root.clone()))?;
+    let enabled = enabled_features(tb).await;
+    if !enabled.is_empty() || !j.step.rollback_allowed() {
+        let what = if enabled.is_empty() {
+            format!("the upgrade to {} passed step 207", j.plan.to)
+        } else {
+            let list = enabled.iter().cloned().collect::<Vec<_>>().join(", ");
+            format!("the new features of {} ({list}) are enabled", j.plan.to)
+        };
+        return Err(ProcedureError::RollbackRefused { to: j.plan.to, what }.into());
+    }
+    let run = Run::start(tb, j.plan, true, Some("rollback requested".into()), Some(j.step))?;
+    Ok(run.drive(Step::Fallback).await)
+}
+
+async fn enabled_features(tb: &Testbed) -> FeatureSet {
+    let mut f = FeatureSet::new();
+    for p in ProcId::BOTH {
+        if let Ok(s) = tb.agents().status(p).await {
+            f.extend(s.hello.enabled);
+        }
+    }
+    f
+}
+
+impl<'a> Run<'a> {
+    /// Check the plan against the testbed and start the workload: a missing or
+    /// broken image must fail here, before anything changes.
+    fn start(
+        tb: &'a mut Testbed,
+        plan: Plan,
+        workload: bool,
+        why: Option<String>,
+        fallback_from: Option<Step>,
+    ) -> Result<Run<'a>, Error> {
+        let first = tb.config().proc_id(&plan.first)?;
+        let second = first.other();
+        tb.software(&plan.to)?;
+        tb.software(&plan.from)?;
+        let workload = workload.then(|| Workload::start(tb.agents().targets(), plan.first.clone()));
+        Ok(Run { tb, plan, first, second, workload, switches: Vec::new(), why, fallback_from })
+    }
+
+    /// Take steps from `step` until an end; report it.
+    async fn drive(mut self, mut step: Step) -> Report {
+        while !step.is_end() {
+            step = self.step(step).await;
+        }
+        self.finish(step.end().unwrap_or(End::Failed)).await
+    }
+
+    fn journal(&self, step: Step, outcome: Option<Outcome>) {
+        let j = Journal { plan: self.plan.clone(), step, outcome, fallback_from: self.fallback_from };
+        if let Err(e) = write_journal(self.tb.run(), &j) {
+            // A journal that cannot be written only weakens --resume; the run goes on.
+            self.tb.events().progress(format!("journal not written: {}", chain(&e)));
+        }
+    }
+
+    /// The workload's clock, to line up switchovers with the history.
+    pub(super) fn now(&self) -> u64 {
+        self.workload.as_ref().map_or(0, Workload::now_ms)
+    }
+
+    /// Execute one step and return the next.
+    async fn step(&mut self, step: Step) -> Step {
+        self.journal(step, None);
+        self.tb.events().emit(Event::StepBegin { step, name: step.describe().into() });
+        let t = Instant::now();
+        let outcome = match self.execute(step).await {
+            Ok(o) => o,
+            Err(e) => {
+                let why = chain(&e);
+                self.tb.events().emit(Event::StepFailed { step, why: why.clone() });
+                self.why = Some(format!("step {step} failed: {why}"));
+                Outcome::Error
+            }
+        };
+        let pair = self.tb.pair_view().await;
+        self.tb.events().emit(Event::StepDone { step, pair, took_ms: t.elapsed().as_millis() as u64 });
+        let to = next(step, outcome).unwrap_or(Step::Failed);
+        if to == Step::Fallback {
+            self.fallback_from = Some(step);
+        }
+        self.journal(step, Some(outcome));
+        if to.is_end() {
+            self.journal(to, Some(Outcome::Done));
+        }
+        to
+    }
+
+    async fn finish(mut self, end: End) -> Report {
+        let history = match self.workload.take() {
+            Some(w) => w.stop().await,
+            None => History::default(),
+        };
+        if let Err(e) = history.write(&self.tb.run().history()) {
+            self.tb.events().progress(format!("history not written: {e}"));
+        }
+        let mut verdicts = Vec::new();
+        let mut gaps = Vec::new();
+        if !history.records.is_empty() {
+            for (step, from, to) in &self.switches {
+                let gap_ms = history.gap_around(*from, *to);
+                self.tb.events().emit(Event::ServiceGap { step: *step, gap_ms });
+                gaps.push((*step, gap_ms));
+            }
+            let units = match self.tb.active().await {
+                Some(a) => self.tb.agents().dump(a).await.map(|d| d.1).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            verdicts.push(invariants::no_lost_or_double(&history, &units));
+            verdicts.push(invariants::workload_served(&history));
+        }
+        verdicts.push(invariants::never_two_actives(&self.tb.events().entries(), &history, self.switches.len()));
+        let mut pair = Vec::new();
+        for p in ProcId::BOTH {
+            let s = self.tb.agents().status(p).await.ok();
+            let role = s.as_ref().map(|s| s.hello.role);
+            let synced = s.is_some_and(|s| s.replication.synced);
+            pair.push(Final { role, synced, version: self.tb.version_of(p).to_string() });
+        }
+        verdicts.push(invariants::consistent_final_state(end, &self.plan.from, &self.plan.to, &pair));
+        for v in &verdicts {
+            self.tb.events().emit(Event::Invariant { name: v.name.into(), ok: v.ok, detail: v.detail.clone() });
+        }
+        let message = match end {
+            End::Completed => format!("upgraded to {} on both processors; new features enabled", self.plan.to),
+            End::RolledBack => format!(
+                "upgrade rolled back at step {}: {}",
+                self.fallback_from.unwrap_or(Step::SwitchOverAndEvaluate),
+                self.why.clone().unwrap_or_else(|| "not acceptable".into())
+            ),
+            End::Failed => self.why.clone().unwrap_or_else(|| "the procedure stopped".into()),
+        };
+        self.tb.events().emit(Event::Outcome { end, message: message.clone() });
+        transcript::write(&self.tb.run().transcript(), &self.header(), &self.tb.events().entries());
+        Report { end, message, invariants: verdicts, gaps, acked: history.acked().len() }
+    }
+
+    fn header(&self) -> transcript::Header {
+        let img = |v: &str| self.tb.software(v).map(|s| s.image).unwrap_or_default();
+        transcript::Header {
+            config: self.tb.config().file.display().to_string(),
+            from: self.plan.from.clone(),
+            to: self.plan.to.clone(),
+            first: self.plan.first.clone(),
+            second: self.plan.second.clone(),
+            platform: self.tb.platform(),
+            platform_reason: self.tb.platform_reason().to_string(),
+            images: vec![(self.plan.from.clone(), img(&self.plan.from)), (self.plan.to.clone(), img(&self.plan.to))],
+            evaluation_ms: self.plan.evaluation_ms,
+        }
+    }
+
+    /// The processor running `role` as its agent reports, if one does.
+    pub(super) async fn in_role(&self, role: Role) -> Option<ProcId> {
+        for p in ProcId::BOTH {
+            if self.tb.agents().status(p).await.is_ok_and(|s| s.hello.role == role) {
+                return Some(p);
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,245 @@
+//! What each step of Fig. 6 does to the pair: isolating a processor,
+//! reloading it, making it standby, the switchover with its evaluation, the
+//! fallback, and enabling the new features. [`super::table`] says which step
+//! comes next; this module only carries them out.
+
+use super::run::Run;
+use super::table::{Outcome, Step};
+use crate::error::{chain, Error, ProcessorError};
+use crate::events::Event;
+use crate::pair::ProcId;
+use crate::testbed::Testbed;
+use hitless_protocol::{FeatureSet, Role};
+
+/// Enable `features` on both processors, the active first: step 207's action,
+/// and `hitless enable`. Each answer is an event; a refusal (a processor whose
+/// version lacks a feature, or whose peer's does) stops there, with the agent's reason.
+pub async fn enable_features(tb: &Testbed, features: &[String]) -> Result<(), Error> {
+    let first = tb.active().await.unwrap_or(ProcId::FIRST);
+    for f in features {
+        for p in [first, first.other()] {
+            let result = tb.agents().enable(p, f).await;
+            let said = match &result {
+                Ok(()) => "enabled".to_string(),
+                Err(ProcessorError::Agent { message, .. }) => format!("refused: {message}"),
+                Err(e) => format!("failed: {}", chain(e)),
+            };
+            tb.events().emit(Event::Feature { processor: tb.name(p).into(), feature: f.clone(), result: said });
+            result?;
+        }
+    }
+    Ok(())
+}
+
+impl Run<'_> {
+    fn refused(&self, p: ProcId, message: String) -> Error {
+        ProcessorError::Agent { processor: self.tb.name(p).into(), message }.into()
+    }
+
+    pub(super) async fn execute(&mut self, step: Step) -> Result<Outcome, Error> {
+        let (first, second) = (self.first, self.second);
+        let (from, to) = (self.plan.from.clone(), self.plan.to.clone());
+        match step {
+            Step::Initial => {
+                let a = self.tb.agents().status(first).await?;
+                let s = self.tb.agents().status(second).await?;
+                if a.hello.role != Role::Active || s.hello.role != Role::Standby {
+                    let (n1, n2) = (self.tb.name(first), self.tb.name(second));
+                    let found = format!("found {} and {}", a.hello.role, s.hello.role);
+                    return Err(self.refused(first, format!("expected {n1} active and {n2} standby, {found}")));
+                }
+                if self.tb.version_of(first) != self.tb.version_of(second) {
+                    let why = "the processors run different versions; finish or roll back first";
+                    return Err(self.refused(first, why.into()));
+                }
+                if from == to {
+                    return Err(self.refused(first, format!("both processors already run {to}")));
+                }
+                if !s.replication.synced || a.replication.simplex {
+                    let why = format!("replication to {} is not current", self.tb.name(second));
+                    return Err(self.refused(first, why));
+                }
+                Ok(Outcome::Done)
+            }
+            Step::IsolateStandby => {
+                self.take_out_of_service(second).await?;
+                Ok(Outcome::Done)
+            }
+            Step::ReloadStandby => {
+                self.tb.reload(second, &to).await?;
+                self.expect_no_features(second).await?;
+                Ok(Outcome::Done)
+            }
+            Step::StandbyOnNew => {
+                self.tb.make_standby(second).await?;
+                Ok(Outcome::Done)
+            }
+            Step::SwitchOverAndEvaluate => {
+                self.switch_over(first, second, step).await?;
+                Ok(self.evaluate(second, first).await)
+            }
+            Step::Fallback => self.fallback(&from).await.map(|_| Outcome::Done),
+            Step::ReloadOther => {
+                self.take_out_of_service(first).await?;
+                self.tb.reload(first, &to).await?;
+                self.expect_no_features(first).await?;
+                Ok(Outcome::Done)
+            }
+            Step::OtherStandby => {
+                self.tb.make_standby(first).await?;
+                Ok(Outcome::Done)
+            }
+            Step::EnableFeatures => {
+                let new = self.new_features();
+                enable_features(self.tb, &new).await?;
+                if new.is_empty() {
+                    self.tb.events().progress(format!("{to} brings no new features to enable"));
+                }
+                Ok(Outcome::Done)
+            }
+            Step::Completed | Step::RolledBack | Step::Failed => Ok(Outcome::Done),
+        }
+    }
+
+    /// Take `p` out of service. One that is not running already is: a step
+    /// cut short mid-reload is redone on `--resume` with the processor down.
+    async fn take_out_of_service(&mut self, p: ProcId) -> Result<(), Error> {
+        if self.tb.alive(p) {
+            self.tb.set_role(p, Role::OutOfService).await?;
+        } else {
+            self.tb.events().progress(format!("{} is not running: already out of service", self.tb.name(p)));
+        }
+        Ok(())
+    }
+
+    /// Features the new version supports that the old one does not.
+    fn new_features(&self) -> Vec<String> {
+        let feats = |v: &str| -> FeatureSet { self.tb.software(v).map(|s| s.features).unwrap_or_default() };
+        feats(&self.plan.to).difference(&feats(&self.plan.from)).cloned().collect()
+    }
+
+    async fn expect_no_features(&self, p: ProcId) -> Result<(), Error> {
+        let s = self.tb.agents().status(p).await?;
+        if s.hello.enabled.is_empty() {
+            Ok(())
+        } else {
+            Err(self.refused(p, format!("new features enabled after reload: {:?}", s.hello.enabled)))
+        }
+    }
+
+    /// Make `new` active in place of `old` (old becomes standby), recording the switchover window.
+    async fn switch_over(&mut self, old: ProcId, new: ProcId, step: Step) -> Result<(), Error> {
+        let t0 = self.now();
+        if !self.tb.alive(old) {
+            // It died on its own (e.g. the new version crashed): that ends its role.
+            let processor = self.tb.name(old).to_string();
+            self.tb.events().emit(Event::ProcessorStopped { processor, how: "crashed (its machine exited)".into() });
+        } else if let Err(e) = self.tb.set_role(old, Role::Standby).await {
+            // It does not obey (its agent died while its machine is still going down, or it
+            // refused): fence it — stop its machine — before anything else becomes active.
+            let why = chain(&e);
+            self.tb.events().progress(format!(
+                "{} did not step down ({why}); fencing it by stopping its machine",
+                self.tb.name(old)
+            ));
+            self.tb.stop(old).await;
+        }
+        self.tb.set_role(new, Role::Active).await?;
+        let t1 = self.now();
+        self.switches.push((step, t0, t1));
+        if self.tb.alive(old) {
+            self.tb.agents().wait_standby_current(old).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 204's verdict: the agent's evaluation plus the orchestrator's own checks.
+    async fn evaluate(&mut self, new: ProcId, old: ProcId) -> Outcome {
+        let window = self.plan.evaluation_ms;
+        let rejected_before = self.workload.as_ref().map_or(0, crate::workload::Workload::rejected);
+        let mut reasons = Vec::new();
+        let mut failed = Vec::new();
+        match self.tb.agents().evaluate(new, window).await {
+            Ok(e) => {
+                reasons.extend(e.reasons);
+                failed.extend(e.failed);
+            }
+            Err(e) => failed.push(format!("evaluation request failed: {}", chain(&e))),
+        }
+        if !self.tb.alive(new) {
+            failed.push(format!("{}'s machine is no longer running (crashed)", self.tb.name(new)));
+        }
+        if let Some(w) = &self.workload {
+            let rejected = w.rejected() - rejected_before;
+            let r = format!("workload: {rejected} rejected requests during the window");
+            if rejected > 0 {
+                failed.push(r);
+            } else {
+                reasons.push(r);
+            }
+        }
+        match self.tb.agents().status(old).await {
+            Ok(s) if s.replication.synced => {
+                reasons.push(format!("standby {} registered and current", self.tb.name(old)))
+            }
+            Ok(_) | Err(_) => failed.push(format!("standby {} is not current", self.tb.name(old))),
+        }
+        for f in &failed {
+            if !reasons.contains(f) {
+                reasons.push(f.clone());
+            }
+        }
+        let acceptable = failed.is_empty();
+        self.tb.events().emit(Event::Evaluation { processor: self.tb.name(new).into(), acceptable, reasons });
+        if acceptable {
+            Outcome::Done
+        } else {
+            self.why = Some(failed.join("; "));
+            Outcome::NotAcceptable
+        }
+    }
+
+    /// Back to `from` on both, the old-version processor active: 204's fallback, and `hitless rollback`.
+    async fn fallback(&mut self, from: &str) -> Result<(), Error> {
+        for _ in 0..3 {
+            let active = self.in_role(Role::Active).await;
+            // A running processor on the old version, the active one preferred: no switchover needed then.
+            let mut on_from = None;
+            for p in ProcId::BOTH {
+                if !self.tb.alive(p) || self.tb.version_of(p) != from {
+                    continue;
+                }
+                let Ok(st) = self.tb.agents().status(p).await else { continue };
+                if on_from.is_none() || st.hello.role == Role::Active {
+                    on_from = Some((p, st));
+                }
+            }
+            let Some((o, ost)) = on_from else {
+                // Nobody runs the old version: reload the one that is not active, make it standby, go round again.
+                let x = active.map_or(ProcId::FIRST, ProcId::other);
+                self.tb.set_role(x, Role::OutOfService).await.ok();
+                self.tb.reload(x, from).await?;
+                self.tb.make_standby(x).await?;
+                continue;
+            };
+            let other = o.other();
+            if active != Some(o) {
+                if ost.hello.role != Role::Standby {
+                    self.tb.make_standby(o).await?;
+                }
+                self.switch_over(other, o, Step::Fallback).await?;
+            }
+            if self.tb.version_of(other) != from || !self.tb.alive(other) {
+                self.tb.set_role(other, Role::OutOfService).await.ok();
+                self.tb.reload(other, from).await?;
+            }
+            let s = self.tb.agents().status(other).await?;
+            if s.hello.role != Role::Standby || !s.replication.synced {
+                self.tb.set_role(other, Role::Standby).await?;
+            }
+            self.tb.agents().wait_standby_current(other).await?;
+            return Ok(());
+        }
+        Err(self.refused(self.first, format!("could not bring both processors back to {from}")))
+    }
+}

@@ -1,0 +1,132 @@
+//! The command line's bad-input and environment paths, through the real
+//! binary: each is a clear error naming the file or thing at fault, the exit
+//! code the README documents, and nothing started or left behind. And
+//! `hitless simulate`, the rehearsal on the simulated pair, with its exit codes.
+#![allow(clippy::unwrap_used)]
+
+use hitless_tests::{hitless, hitless_bin, repo};
+use std::process::Command;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(hitless_bin()).args(args).envs(env.iter().copied()).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let p = dir.join("pair.yaml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// The shipped config, with its paths made absolute (it is written elsewhere).
+fn good_yaml() -> String {
+    let r = repo().display().to_string();
+    let paths = format!(
+        "paths:\n  kernel_dir: {r}/.tools/kernel\n  cache_dir: {r}/.cache/images\n  \
+         vhost_device_vsock: {r}/.tools/bin/vhost-device-vsock\n  workspace: {r}\nversions:"
+    );
+    std::fs::read_to_string(repo().join("vm-configs/pair.yaml")).unwrap().replace("versions:", &paths)
+}
+
+fn assert_nothing_started(run: &std::path::Path) {
+    assert!(!run.join("state.json").exists(), "state written");
+    assert!(!run.join("p121/qemu.pid").exists(), "QEMU started");
+}
+
+#[test]
+fn malformed_yaml_names_file_and_line() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = write_config(t.path(), "name: pair\nprocessors: [\n");
+    let run_dir = t.path().join("run");
+    let (code, err) = run(&["up", "--config", &cfg, "--run-dir", run_dir.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("pair.yaml") && err.contains("line"), "{err}");
+    assert_nothing_started(&run_dir);
+}
+
+#[test]
+fn unknown_key_is_an_error_with_its_line() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        t.path(),
+        &good_yaml().replace("    vcpus: 1\n  - name: p122", "    vcpus: 1\n    cpus: 2\n  - name: p122"),
+    );
+    let (code, err) = run(&["up", "--config", &cfg, "--run-dir", t.path().join("run").to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cpus") && err.contains("line 11"), "{err}");
+}
+
+#[test]
+fn missing_version_image_is_an_error_naming_the_binary() {
+    let t = tempfile::tempdir().unwrap();
+    let yaml =
+        good_yaml().replace("  2.0.0:\n    cargo_features: [v2]", "  2.0.0:\n    agent: builds/hitless-agent-2.0.0");
+    let cfg = write_config(t.path(), &yaml);
+    let (code, err) = run(&["up", "--config", &cfg, "--run-dir", t.path().join("run").to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("builds/hitless-agent-2.0.0") && err.contains("does not exist"), "{err}");
+    assert_nothing_started(&t.path().join("run"));
+}
+
+#[test]
+fn qemu_missing_is_an_environment_error() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = write_config(t.path(), &good_yaml());
+    let run_dir = t.path().join("run");
+    let env = [("HITLESS_QEMU", "/nonexistent/qemu-system-x86_64")];
+    let (code, err) = run(&["up", "--config", &cfg, "--run-dir", run_dir.to_str().unwrap()], &env);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("QEMU not found") && err.contains("/nonexistent/qemu-system-x86_64"), "{err}");
+    assert_nothing_started(&run_dir);
+}
+
+#[test]
+fn status_without_a_testbed_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let (code, err) = run(&["status", "--run-dir", t.path().join("none").to_str().unwrap()], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no testbed is up"), "{err}");
+}
+
+#[test]
+fn help_explains_the_commands_and_the_exit_codes() {
+    let out = Command::new(hitless_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["up", "upgrade", "rollback", "simulate", "status", "down", "Exit codes", "130"] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+}
+
+#[test]
+fn hitless_simulate_rehearses_the_upgrade_and_exits_by_its_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let simulate =
+        |to: &str| hitless(&["simulate", "--to", to, "--run-dir", run_dir.to_str().unwrap()]).output().unwrap();
+    let out = simulate("2.0.0");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("summary (completed)") && !stdout.contains("FAIL"), "{stdout}");
+    assert!(run_dir.join("transcript.yaml").is_file());
+    // Not acceptable: rolled back, exit code 2.
+    let out = simulate("2.0.0-bad-eval");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    // The run directory of a VM testbed (live pid files) is never cleared for a rehearsal.
+    let state = run_dir.join("state.json");
+    let vm_state = std::fs::read_to_string(&state)
+        .unwrap()
+        .replace("\"simulated\"", r#"{"qemu": {"accel": "tcg", "vsock": "user"}}"#);
+    std::fs::write(&state, vm_state).unwrap();
+    let out = simulate("2.0.0");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already up"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(state.is_file(), "the VM testbed's state was removed");
+    std::fs::remove_dir_all(&run_dir).unwrap();
+    // An unknown version is bad input: exit 1, naming the known ones.
+    let out = simulate("9.9.9");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("version 9.9.9 is not in") && err.contains("known: 1.0.0, 2.0.0"), "{err}");
+    assert!(!run_dir.exists(), "an unknown version started something");
+}

@@ -1,0 +1,137 @@
+//! The pair without VMs: two real agents (this build, 1.0.0) in this process,
+//! over loopback TCP, driven through the orchestrator's own channel, workload
+//! and history checks. Fast enough to run on every change; the VM tests check
+//! the same behaviour through vsock and the virtio link.
+#![allow(clippy::unwrap_used)]
+
+use hitless::channel::{AgentClient, Channel};
+use hitless::invariants;
+use hitless::workload::Workload;
+use hitless_agent::{transport::Endpoint, Settings};
+use hitless_protocol::{ControlReply, ControlRequest, Role, Status};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+struct HostAgent {
+    name: String,
+    channel: Channel,
+}
+
+fn spawn_pair() -> [HostAgent; 2] {
+    let link = [free_addr(), free_addr()];
+    let mut out = Vec::new();
+    for (i, name) in ["p121", "p122"].into_iter().enumerate() {
+        let (control, work) = (free_addr(), free_addr());
+        let settings = Settings {
+            name: name.into(),
+            control: Endpoint::Tcp(control),
+            work: Endpoint::Tcp(work),
+            link_listen: link[i],
+            // As in the guests, the second processor dials the first.
+            dial: (i == 1).then_some(link[0]),
+            build: hitless_agent::build::Build::compiled(),
+        };
+        tokio::spawn(hitless_agent::run(settings));
+        out.push(HostAgent { name: name.into(), channel: Channel::Tcp { control, work } });
+    }
+    out.try_into().ok().unwrap()
+}
+
+async fn request(a: &HostAgent, req: ControlRequest) -> ControlReply {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(mut c) = AgentClient::connect(&a.channel).await {
+            return c.request(&req, Duration::from_secs(5)).await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{} never listened", a.name);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn status(a: &HostAgent) -> Status {
+    match request(a, ControlRequest::Status).await {
+        ControlReply::Status(s) => *s,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn set_role(a: &HostAgent, role: Role, epoch: u64) -> ControlReply {
+    request(a, ControlRequest::SetRole { role, epoch }).await
+}
+
+async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn dump(a: &HostAgent) -> (u64, Vec<hitless_protocol::WorkUnit>) {
+    match request(a, ControlRequest::Dump).await {
+        ControlReply::Dump { seq, units } => (seq, units),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_load_loses_nothing_and_stale_epochs_are_refused() {
+    let [a, b] = spawn_pair();
+    until("the link", async || status(&b).await.peer.is_some_and(|p| p.connected)).await;
+    assert!(matches!(set_role(&a, Role::Active, 1).await, ControlReply::Done { role: Role::Active, .. }));
+    assert!(matches!(set_role(&b, Role::Standby, 2).await, ControlReply::Done { role: Role::Standby, .. }));
+    until("the step-up", async || status(&b).await.replication.synced).await;
+
+    // No split brain: the standby cannot become active while the active is at a newer epoch.
+    let refused = set_role(&b, Role::Active, 1).await;
+    assert!(matches!(&refused, ControlReply::Error { message } if message.contains("stale")), "{refused:?}");
+
+    let targets = vec![(a.name.clone(), a.channel.clone()), (b.name.clone(), b.channel.clone())];
+    let w = Workload::start(targets, a.name.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Switch over while work units flow: old active demotes (flushing), new active steps it up.
+    assert!(matches!(set_role(&a, Role::Standby, 3).await, ControlReply::Done { .. }));
+    assert!(matches!(set_role(&b, Role::Active, 4).await, ControlReply::Done { .. }));
+    until("the old active's step-up", async || status(&a).await.replication.synced).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let h = w.stop().await;
+
+    assert_eq!(h.rejected(), 0);
+    assert!(h.acked().len() > 20, "{} acked", h.acked().len());
+    assert_eq!(invariants::ack_handovers(&h), 1, "acks moved from p121 to p122 exactly once");
+    let (seq_b, units_b) = dump(&b).await;
+    let verdict = invariants::no_lost_or_double(&h, &units_b);
+    assert!(verdict.ok, "{}", verdict.detail);
+    // Synchronous replication: the standby holds exactly what the active has.
+    until("the standby to register the last update", async || dump(&a).await.0 == seq_b).await;
+    assert_eq!(dump(&a).await.1, units_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_probe_counts_only_acks_the_standby_registered() {
+    let [a, b] = spawn_pair();
+    until("the link", async || status(&b).await.peer.is_some_and(|p| p.connected)).await;
+    set_role(&a, Role::Active, 1).await;
+    set_role(&b, Role::Standby, 2).await;
+    until("the step-up", async || status(&b).await.replication.synced).await;
+
+    let f = hitless::load::measure(&a.channel, 2, 8, Duration::from_millis(400)).await.unwrap();
+    assert!(f.registered > 50, "{f:?}");
+    assert_eq!((f.simplex, f.refused), (0, 0));
+    assert_eq!(f.latencies_us.len() as u64, f.registered);
+    // Every ack took a round trip through both agents.
+    assert!(f.latency_ms(0.0) > 0.0, "a zero latency was recorded");
+    // Every ack was registered first, so the standby holds all of it.
+    let (seq, units) = dump(&a).await;
+    assert_eq!(seq, f.registered);
+    assert_eq!(dump(&b).await, (seq, units));
+
+    // The standby is not the active: the probe sees refusals, not acks.
+    let f = hitless::load::measure(&b.channel, 1, 4, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(f.registered + f.simplex, 0);
+    assert!(f.refused > 0);
+}

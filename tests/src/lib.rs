@@ -1,0 +1,178 @@
+//! Shared helpers of both test tiers: the repository's pair config, a
+//! testbed in a temporary run directory that is torn down even when a test
+//! panics (dumping the consoles so the failure can be read), the simulated
+//! pair, the `hitless` binary, a condensed transcript for snapshots, and one
+//! `assert_invariants`.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use hitless::config::Config;
+use hitless::events::{Entry, Event, Events};
+use hitless::pair::ProcId;
+use hitless::procedure::Report;
+use hitless::rundir::RunDir;
+use hitless::testbed::{self, Testbed};
+use hitless_protocol::Role;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+/// The shipped pair config.
+pub fn config() -> Config {
+    Config::load(&repo().join("vm-configs/pair.yaml")).unwrap()
+}
+
+/// The `hitless` binary of this workspace, built once per test binary (with its profile).
+pub fn hitless_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test binary>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(repo()).args(["build", "--quiet", "-p", "hitless", "--bin", "hitless"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            c.arg("--release");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "building hitless: {}", String::from_utf8_lossy(&out.stderr));
+        profile_dir.join("hitless")
+    })
+    .clone()
+}
+
+/// `hitless ARGS` with the shipped config.
+pub fn hitless(args: &[&str]) -> Command {
+    let mut c = Command::new(hitless_bin());
+    c.args(args).arg("--config").arg(repo().join("vm-configs/pair.yaml"));
+    c
+}
+
+/// A temporary run directory that is torn down on drop, pass or fail.
+pub struct RunGuard {
+    /// The run directory.
+    pub run: RunDir,
+    _tmp: tempfile::TempDir,
+}
+
+impl Default for RunGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RunGuard {
+    /// A fresh, empty run directory.
+    pub fn new() -> Self {
+        let tmp = tempfile::Builder::new().prefix("hitless-test-").tempdir().unwrap();
+        RunGuard { run: RunDir::new(tmp.path().join("run")), _tmp: tmp }
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in ["p121", "p122"] {
+                let serial = self.run.serial(p);
+                eprintln!("--- {} ---\n{}", serial.display(), hitless::process::tail(&serial, 40));
+                eprintln!("--- qemu log ---\n{}", hitless::process::tail(&self.run.qemu_log(p), 10));
+            }
+        }
+        testbed::down(&self.run, &Events::new());
+    }
+}
+
+/// Events that echo to stderr (shown when a test fails).
+pub fn events() -> Events {
+    let events = Events::new();
+    if std::env::var_os("HITLESS_TEST_QUIET").is_none() {
+        events.subscribe(|e| eprintln!("{}", hitless::events::render(e)));
+    }
+    events
+}
+
+/// The pair on QEMU, up in `guard`'s run directory.
+pub async fn up(guard: &RunGuard) -> Testbed {
+    Testbed::up(config(), guard.run.clone(), events()).await.unwrap()
+}
+
+/// A simulated pair (real agents in this process) in a temporary run directory.
+pub struct Sim {
+    /// The testbed.
+    pub tb: Testbed,
+    _tmp: tempfile::TempDir,
+}
+
+/// The simulated pair at step 200, with a short evaluation window (the agents run at host speed).
+pub async fn sim() -> Sim {
+    sim_with(|_| {}).await
+}
+
+/// [`sim`] with the config changed by `change` first.
+pub async fn sim_with(change: impl FnOnce(&mut Config)) -> Sim {
+    let tmp = tempfile::Builder::new().prefix("hitless-sim-").tempdir().unwrap();
+    let mut cfg = config();
+    cfg.evaluation_ms = 300;
+    change(&mut cfg);
+    let events = Events::new();
+    if std::env::var_os("HITLESS_TEST_VERBOSE").is_some() {
+        events.subscribe(|e| eprintln!("{}", hitless::events::render(e)));
+    }
+    let tb = Testbed::simulated(cfg, RunDir::new(tmp.path().join("run")), events).await.unwrap();
+    Sim { tb, _tmp: tmp }
+}
+
+/// Every invariant of the report held.
+pub fn assert_invariants(r: &Report) {
+    for v in &r.invariants {
+        assert!(v.ok, "invariant {} violated: {}", v.name, v.detail);
+    }
+    assert!(!r.invariants.is_empty(), "no invariant was checked");
+}
+
+/// Each processor's name, role and version as its agent reports them, in config order.
+pub async fn roles_and_versions(tb: &Testbed) -> Vec<(String, Role, String)> {
+    let mut out = Vec::new();
+    for p in ProcId::BOTH {
+        let s = tb.agents().status(p).await.unwrap();
+        out.push((tb.name(p).to_string(), s.hello.role, s.hello.version));
+    }
+    out
+}
+
+/// The transcript's events as one line each: steps, roles, verdicts,
+/// invariants — no times, pids or paths, so it can be snapshotted.
+pub fn condensed(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let line = match &e.event {
+            Event::StepBegin { step, .. } => format!("step {step}"),
+            Event::StepDone { step, pair, .. } => {
+                let p: Vec<String> = pair.iter().map(|v| format!("{} {} {}", v.processor, v.role, v.version)).collect();
+                format!("  done {step}: {}", p.join(", "))
+            }
+            Event::Role { processor, role, epoch } => format!("  {processor} -> {role} (epoch {epoch})"),
+            Event::ProcessorStarted { processor, version, .. } => format!("  {processor} boots {version}"),
+            Event::ProcessorStopped { processor, .. } => format!("  {processor} stopped"),
+            Event::Evaluation { processor, acceptable, .. } => {
+                format!("  {processor} evaluation acceptable={acceptable}")
+            }
+            Event::Feature { processor, feature, result } => format!("  {processor} {feature} {result}"),
+            Event::ServiceGap { step, .. } => format!("service gap measured at {step}"),
+            Event::Invariant { name, ok, .. } => format!("invariant {name}: {}", if *ok { "ok" } else { "VIOLATED" }),
+            Event::Outcome { end, .. } => format!("outcome {end}"),
+            Event::Progress { .. }
+            | Event::Platform { .. }
+            | Event::AgentReady { .. }
+            | Event::AppDisk { .. }
+            | Event::StepFailed { .. } => continue,
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}

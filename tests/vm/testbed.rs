@@ -1,0 +1,118 @@
+//! The testbed foundation on real QEMU guests: the pair boots, the agents
+//! answer over vsock and see each other over the link, QMP shows the expected
+//! images, the machine faults (pause, link cut) act as they should, and
+//! `down` leaves nothing behind.
+#![allow(clippy::unwrap_used)]
+
+use hitless::error::{EnvironmentError, Error};
+use hitless::events::Events;
+use hitless::machine::Machines;
+use hitless::pair::ProcId;
+use hitless::process;
+use hitless::testbed::{self, Testbed};
+use hitless_protocol::Role;
+use hitless_tests::{config, up, RunGuard};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn pair_boots_sees_itself_and_goes_down_clean() {
+    let guard = RunGuard::new();
+    let tb = up(&guard).await;
+    let st = tb.status().await;
+    let image = tb.software("1.0.0").unwrap().image;
+    for ((p, s), role) in st.iter().zip([Role::Active, Role::Standby]) {
+        let a = s.agent.as_ref().unwrap();
+        assert_eq!(a.hello.version, "1.0.0", "{}", s.name);
+        assert_eq!(a.hello.role, role, "{}", s.name);
+        assert_eq!(s.run_state.as_deref(), Some("running"));
+        let peer = a.peer.as_ref().expect("peer seen over the link");
+        assert!(peer.connected);
+        assert_eq!(peer.hello.name, tb.name(p.other()));
+        assert_eq!(peer.hello.version, "1.0.0");
+        let disk = s.app_disk.as_ref().unwrap();
+        assert_eq!(disk.backing, image, "{} boots an overlay of the 1.0.0 image", s.name);
+        assert!(disk.overlay.ends_with("app-1-1.0.0.qcow2"), "{}", disk.overlay);
+        // query-block agrees with query-named-block-nodes.
+        let q = hitless::machine::qemu::qmp::Qmp::connect(&guard.run.qmp(&s.name)).await.unwrap();
+        assert!(q.block_device_file().await.unwrap().contains(&disk.overlay));
+    }
+    // Standby is current: it completed its step-up.
+    let standby = st[ProcId::SECOND].agent.as_ref().unwrap();
+    assert!(standby.replication.synced);
+    assert_eq!(standby.replication.stepups, 1);
+
+    // Re-attach as a later command would.
+    let again = Testbed::attach(guard.run.clone(), Events::new()).unwrap();
+    assert_eq!(again.epoch(), 2);
+
+    let pids: Vec<u32> = guard.run.pid_files().iter().filter_map(|p| process::read_pid(p)).collect();
+    assert_eq!(pids.len(), 4, "two QEMUs and two vsock daemons");
+    assert!(pids.iter().all(|p| process::alive(*p)));
+    let stopped = testbed::down(&guard.run, &Events::new());
+    assert_eq!(stopped, 4);
+    // Before anything here calls alive() (which reaps): down itself must have reaped.
+    assert_eq!(process::zombie_children(), Vec::<u32>::new(), "down left unreaped children");
+    assert!(pids.iter().all(|p| !process::alive(*p)), "a process outlived down");
+    assert!(!guard.run.root.exists(), "run directory left behind");
+    assert_eq!(testbed::down(&guard.run, &Events::new()), 0, "down is idempotent");
+}
+
+/// Wait up to 10 s for the active's replication to satisfy `cond`.
+async fn until_active(tb: &Testbed, what: &str, cond: impl Fn(&hitless_protocol::Replication) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tb.agents().status(ProcId::FIRST).await.is_ok_and(|s| cond(&s.replication)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for the active to be {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_paused_guest_and_a_cut_link_act_as_faults_should() {
+    let guard = RunGuard::new();
+    let tb = up(&guard).await;
+    let (m, standby) = (tb.machines(), ProcId::SECOND);
+
+    m.pause(standby).await.unwrap();
+    assert_eq!(m.run_state(standby).await.as_deref(), Some("paused"));
+    assert!(tb.agents().hello(standby, Duration::from_millis(500)).await.is_err(), "a paused guest answered");
+    until_active(&tb, "simplex", |r| r.simplex).await;
+    m.resume(standby).await.unwrap();
+    until_active(&tb, "registering again", |r| !r.simplex && r.registered.is_some()).await;
+
+    m.set_link(ProcId::FIRST, false).await.unwrap();
+    until_active(&tb, "simplex", |r| r.simplex).await;
+    m.set_link(ProcId::FIRST, true).await.unwrap();
+    until_active(&tb, "registering again", |r| !r.simplex && r.registered.is_some()).await;
+
+    m.kill(standby).await;
+    assert!(!m.alive(standby));
+    assert_eq!(m.run_state(standby).await, None);
+}
+
+#[tokio::test]
+async fn down_cleans_up_after_a_dead_orchestrator_and_a_dead_vm() {
+    let guard = RunGuard::new();
+    let tb = up(&guard).await;
+    // One VM dies on its own; the orchestrator "dies" (we just drop it).
+    tb.machines().kill(ProcId::SECOND).await;
+    drop(tb);
+    let pids: Vec<u32> = guard.run.pid_files().iter().filter_map(|p| process::read_pid(p)).collect();
+    testbed::down(&guard.run, &Events::new());
+    assert!(pids.iter().all(|p| !process::alive(*p)));
+    assert!(!guard.run.root.exists());
+}
+
+#[tokio::test]
+async fn second_up_in_the_same_run_dir_is_refused_and_changes_nothing() {
+    let guard = RunGuard::new();
+    let _tb = up(&guard).await;
+    let before: Vec<u32> = guard.run.pid_files().iter().filter_map(|p| process::read_pid(p)).collect();
+    let err = Testbed::up(config(), guard.run.clone(), Events::new()).await.err().unwrap();
+    assert!(matches!(err, Error::Environment(EnvironmentError::AlreadyUp(_))), "{err}");
+    let after: Vec<u32> = guard.run.pid_files().iter().filter_map(|p| process::read_pid(p)).collect();
+    assert_eq!(before, after);
+    assert!(after.iter().all(|p| process::alive(*p)));
+}
