@@ -31,6 +31,8 @@ pub struct Build {
     pub features: FeatureSet,
     /// Deliberate flaw (test images only).
     pub flaw: Option<Flaw>,
+    /// The wire protocol it speaks: the orchestrator checks before an upgrade that the new version can talk to the old.
+    pub proto: u32,
 }
 
 impl Build {
@@ -62,7 +64,8 @@ impl Build {
         if v2 {
             supported.insert(FEATURE_PRIORITY.to_string());
         }
-        Build { version: if v2 { "2.0.0" } else { "1.0.0" }.into(), features: supported, flaw }
+        let version = if v2 { "2.0.0" } else { "1.0.0" }.into();
+        Build { version, features: supported, flaw, proto: hitless_protocol::PROTOCOL_VERSION }
     }
 }
 

@@ -7,8 +7,8 @@ use hitless_protocol::Role;
 /// Why a role change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoleError {
-    /// The command's epoch is older than the last one applied.
-    #[error("stale command: epoch {got} is older than current epoch {current}")]
+    /// The command's epoch is not newer than the last one applied (and it is not that same command again).
+    #[error("stale command: epoch {got} is not newer than current epoch {current}")]
     StaleEpoch {
         /// Epoch in the command.
         got: u64,
@@ -45,8 +45,12 @@ pub struct Facts {
 }
 
 /// Decide whether `from` may become `to` at `epoch` (current epoch `current`).
+/// Only a newer epoch may change anything: two orchestrators (or a stale
+/// one) can never both be obeyed. The same command again — same epoch, and
+/// the role it set — is answered idempotently, so a retry after a lost reply
+/// is safe.
 pub fn check(from: Role, to: Role, epoch: u64, current: u64, facts: &Facts) -> Result<(), RoleError> {
-    if epoch < current {
+    if epoch < current || (epoch == current && from != to) {
         return Err(RoleError::StaleEpoch { got: epoch, current });
     }
     let peer_active = |e: u64| match &facts.peer {
@@ -88,7 +92,7 @@ mod tests {
     fn every_pair_without_obstacles_is_allowed_except_unsynced_promotion() {
         for from in ROLES {
             for to in ROLES {
-                let r = check(from, to, 5, 5, &Facts::default());
+                let r = check(from, to, 6, 5, &Facts::default());
                 if (from, to) == (Role::Standby, Role::Active) {
                     assert_eq!(r, Err(RoleError::NotCurrent));
                 } else {
@@ -103,6 +107,24 @@ mod tests {
         for from in ROLES {
             for to in ROLES {
                 assert_eq!(check(from, to, 3, 4, &Facts::default()), Err(RoleError::StaleEpoch { got: 3, current: 4 }));
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_epoch_repeats_a_command_but_never_changes_a_role() {
+        for from in ROLES {
+            for to in ROLES {
+                let r = check(from, to, 5, 5, &Facts::default());
+                if from == to {
+                    assert_eq!(r, Ok(()), "a retry of {to} at the same epoch is idempotent");
+                } else {
+                    assert_eq!(
+                        r,
+                        Err(RoleError::StaleEpoch { got: 5, current: 5 }),
+                        "{from} -> {to} at the same epoch"
+                    );
+                }
             }
         }
     }

@@ -65,7 +65,9 @@ async fn main() -> anyhow::Result<()> {
                 boot.push(boot_ms as f64 / 1000.0);
             }
         }
-        testbed::down(&run, &Events::new());
+        if let Err(e) = testbed::down(&run, &Events::new()) {
+            eprintln!("tearing down {}: {e}", run.root.display());
+        }
         result?;
         eprintln!("run {}/{runs} done", i + 1);
     }

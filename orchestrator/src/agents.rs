@@ -8,20 +8,30 @@ use crate::error::ProcessorError;
 use crate::pair::{Pair, ProcId};
 use crate::wait::{wait_until, Timeouts, STATUS_POLL};
 use hitless_protocol::{ControlReply, ControlRequest, Evaluation, Hello, Role, Status, WorkUnit};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long an agent may take over a role command before answering: it may
+/// wait for its peer's hello (5 s) or flush its in-flight updates (5 s).
+const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(11);
+/// Between attempts at an unanswered request.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Whether a processor's machine runs: retrying a request to a dead one is pointless.
+pub type Liveness = std::sync::Arc<dyn Fn(ProcId) -> bool + Send + Sync>;
 
 /// The two agents as the host reaches them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Agents {
     names: Pair<String>,
     channels: Pair<Channel>,
     timeouts: Timeouts,
+    alive: Liveness,
 }
 
 impl Agents {
-    /// The agents called `names`, reached through `channels`.
-    pub fn new(names: Pair<String>, channels: Pair<Channel>, timeouts: Timeouts) -> Self {
-        Agents { names, channels, timeouts }
+    /// The agents called `names`, reached through `channels`; `alive` says whose machine runs.
+    pub fn new(names: Pair<String>, channels: Pair<Channel>, timeouts: Timeouts, alive: Liveness) -> Self {
+        Agents { names, channels, timeouts, alive }
     }
 
     /// How the host reaches `p`'s agent.
@@ -38,29 +48,73 @@ impl Agents {
         ProcessorError::Agent { processor: self.names[p].clone(), message }
     }
 
-    /// One request, answered within `timeout`.
+    /// One attempt at one request, answered within `timeout`.
     pub async fn request(
         &self,
         p: ProcId,
-        req: ControlRequest,
+        req: &ControlRequest,
         timeout: Duration,
     ) -> Result<ControlReply, ProcessorError> {
         let unreachable = |source| ProcessorError::Unreachable { processor: self.names[p].clone(), source };
         let mut c = AgentClient::connect(&self.channels[p]).await.map_err(unreachable)?;
-        match c.request(&req, timeout).await.map_err(unreachable)? {
+        match c.request(req, timeout).await.map_err(unreachable)? {
             ControlReply::Error { message } => Err(self.refused(p, message)),
             r => Ok(r),
         }
     }
 
-    /// One request with the usual timeout.
-    pub async fn control(&self, p: ProcId, req: ControlRequest) -> Result<ControlReply, ProcessorError> {
-        self.request(p, req, self.timeouts.request).await
+    /// How long one attempt at `req` may take, and whether it may be retried.
+    /// A quick question gets a short attempt: a guest that was paused, or a
+    /// request the vsock daemon lost, costs seconds, not the whole budget.
+    /// Role commands may be retried because they carry an epoch (the agent
+    /// answers the same command again idempotently); an evaluation may not (it
+    /// would start a new window).
+    fn attempt(&self, req: &ControlRequest) -> (Duration, bool) {
+        let quick = Duration::from_secs(1) * self.timeouts.slowdown;
+        match req {
+            ControlRequest::Hello
+            | ControlRequest::Status
+            | ControlRequest::Dump
+            | ControlRequest::EnableFeature { .. }
+            | ControlRequest::DisableFeature { .. } => (quick, true),
+            // The agent may wait for its peer's hello, or flush its in-flight updates, first.
+            ControlRequest::SetRole { .. } => (ROLE_CHANGE_WAIT + quick, true),
+            ControlRequest::Evaluate { window_ms } => {
+                (Duration::from_millis(*window_ms) + self.timeouts.request, false)
+            }
+        }
     }
 
-    /// The agent's hello (who it is, what it runs, its role).
+    /// A request, retried within the request budget while the agent is unreachable
+    /// or silent; a refusal is an answer and ends it at once.
+    pub async fn control(&self, p: ProcId, req: ControlRequest) -> Result<ControlReply, ProcessorError> {
+        let (attempt, retry) = self.attempt(&req);
+        let deadline = Instant::now() + self.timeouts.request.max(attempt);
+        loop {
+            match self.request(p, &req, attempt).await {
+                Err(e @ ProcessorError::Unreachable { .. })
+                    if retry && (self.alive)(p) && Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tracing::debug!("{}: retrying {req:?}: {e}", self.names[p]);
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `p`'s status in one quick attempt: for waits that poll anyway.
+    pub async fn poll_status(&self, p: ProcId) -> Result<Status, ProcessorError> {
+        let (attempt, _) = self.attempt(&ControlRequest::Status);
+        match self.request(p, &ControlRequest::Status, attempt).await? {
+            ControlReply::Status(s) => Ok(*s),
+            other => Err(self.refused(p, format!("unexpected reply to status: {other:?}"))),
+        }
+    }
+
+    /// The agent's hello (who it is, what it runs, its role), in one attempt of at most `timeout`.
     pub async fn hello(&self, p: ProcId, timeout: Duration) -> Result<Hello, ProcessorError> {
-        match self.request(p, ControlRequest::Hello, timeout).await? {
+        match self.request(p, &ControlRequest::Hello, timeout).await? {
             ControlReply::Hello(h) => Ok(h),
             other => Err(self.refused(p, format!("unexpected reply to hello: {other:?}"))),
         }
@@ -86,8 +140,7 @@ impl Agents {
 
     /// `p`'s own verdict on its version over the next `window_ms`.
     pub async fn evaluate(&self, p: ProcId, window_ms: u64) -> Result<Evaluation, ProcessorError> {
-        let timeout = self.timeouts.request + Duration::from_millis(window_ms);
-        match self.request(p, ControlRequest::Evaluate { window_ms }, timeout).await? {
+        match self.control(p, ControlRequest::Evaluate { window_ms }).await? {
             ControlReply::Evaluation(e) => Ok(e),
             other => Err(self.refused(p, format!("unexpected reply to evaluate: {other:?}"))),
         }
@@ -104,23 +157,27 @@ impl Agents {
     /// The processor whose agent reports itself active, if any.
     pub async fn active(&self) -> Option<ProcId> {
         for p in ProcId::BOTH {
-            if self.status(p).await.is_ok_and(|s| s.hello.role == Role::Active) {
+            if self.poll_status(p).await.is_ok_and(|s| s.hello.role == Role::Active) {
                 return Some(p);
             }
         }
         None
     }
 
-    /// Wait until `standby` completed its step-up and its active sees it registered.
+    /// Wait until `standby` completed its step-up and its active sees it
+    /// current. An agent that does not answer for a moment (a paused guest)
+    /// only delays this; a refusal to pair ends it.
     pub async fn wait_standby_current(&self, standby: ProcId) -> Result<(), ProcessorError> {
         let active = standby.other();
         let probe = async || {
-            let s = self.status(standby).await?;
-            let a = self.status(active).await?;
+            let (Ok(s), Ok(a)) = (self.poll_status(standby).await, self.poll_status(active).await) else {
+                return Ok(None);
+            };
             if let Some(why) = s.peer.as_ref().and_then(|p| p.refused.clone()) {
                 return Err(self.refused(standby, format!("cannot become standby: {why}")));
             }
-            Ok((s.replication.synced && a.replication.registered.is_some() && !a.replication.simplex).then_some(()))
+            let seen_from_active = a.hello.role == Role::Active && a.replication.standby_current().is_ok();
+            Ok((s.replication.synced && seen_from_active).then_some(()))
         };
         let expired = || ProcessorError::Timeout {
             processor: self.names[standby].clone(),
@@ -133,7 +190,10 @@ impl Agents {
     /// Wait until each agent sees its peer over the link.
     pub async fn wait_peers_seen(&self) -> Result<(), ProcessorError> {
         for p in ProcId::BOTH {
-            let probe = async || Ok(self.status(p).await?.peer.is_some_and(|peer| peer.connected).then_some(()));
+            let probe = async || {
+                let seen = self.poll_status(p).await.is_ok_and(|s| s.peer.is_some_and(|peer| peer.connected));
+                Ok(seen.then_some(()))
+            };
             let expired = || ProcessorError::Timeout {
                 processor: self.names[p].clone(),
                 what: "seeing its peer over the link".into(),

@@ -42,6 +42,14 @@ pub enum Error {
     /// A processor failed to do what it was told.
     #[error(transparent)]
     Processor(#[from] ProcessorError),
+    /// A check before anything leaves service failed: nothing was changed.
+    #[error("preflight: {check}: {detail}")]
+    Preflight {
+        /// Which check (an image, the host, space, the protocol).
+        check: String,
+        /// What it found.
+        detail: String,
+    },
     /// Ctrl-C or SIGTERM.
     #[error("interrupted")]
     Interrupted,
@@ -51,7 +59,7 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Input(_) | Error::Processor(_) => exit::FAILED,
+            Error::Input(_) | Error::Processor(_) | Error::Preflight { .. } => exit::FAILED,
             Error::Environment(_) => exit::ENVIRONMENT,
             Error::Procedure(p) => match p {
                 ProcedureError::Interrupted { .. } => exit::ENVIRONMENT,
@@ -144,6 +152,20 @@ pub enum EnvironmentError {
     /// A testbed already runs here.
     #[error("testbed already up in {} (run `hitless down` first, or pick another --run-dir)", .0.display())]
     AlreadyUp(PathBuf),
+    /// Another command holds the pair.
+    #[error("the pair is busy: {holder}{}; wait for it, or stop it (Ctrl-C) and run `hitless upgrade --resume` or `hitless rollback`", step.map(|s| format!(", at step {s}")).unwrap_or_default())]
+    Busy {
+        /// Who holds the lock.
+        holder: crate::lock::Holder,
+        /// Where its upgrade is, if one runs.
+        step: Option<Step>,
+    },
+    /// The run directory's lock file could not be used.
+    #[error("locking the run directory")]
+    Lock(#[source] crate::lock::LockError),
+    /// A command that changes the pair was attempted on a read-only view of it.
+    #[error("this view of the pair is read-only; changing it needs the run directory's lock")]
+    ReadOnly,
     /// The run directory holds a simulated pair, which lives only in the process that made it.
     #[error("{} holds a simulated pair; it lives only in the process that started it", .0.display())]
     SimulatedElsewhere(PathBuf),
@@ -190,14 +212,14 @@ pub enum ProcedureError {
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
     /// It did not come up.
-    #[error("processor {processor} did not come up: {why}{}", diagnostics.as_deref().map(|d| format!("\n{d}")).unwrap_or_default())]
+    #[error("processor {processor} did not come up: {why}{}", console.as_ref().map(|c| format!(" (console: {})", c.display())).unwrap_or_default())]
     Boot {
         /// The processor.
         processor: String,
-        /// What was waited for, or what it printed that explains the failure.
+        /// What was waited for, and the first line it printed that explains the failure.
         why: String,
-        /// Console and QEMU output to read, if any.
-        diagnostics: Option<String>,
+        /// Where its console output is, if it has one.
+        console: Option<PathBuf>,
     },
     /// Its agent refused a command or answered something unexpected.
     #[error("processor {processor}: {message}")]

@@ -1,9 +1,14 @@
 //! The history of a workload: every request it sent and every answer it
 //! got, with the processor and the time — what the invariants are checked
-//! against, Jepsen-style. Written as JSON lines in the run directory.
+//! against, Jepsen-style. Each run has its own id, which prefixes every
+//! request id (so no run's work can be answered from another run's), and its
+//! own history file in the run directory, appended record by record as it
+//! happens: a run killed mid-way still leaves what it did to be checked.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
 
 /// What a history record says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -38,6 +43,9 @@ pub struct Record {
     /// Registered by a standby before the ack (acks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered: Option<bool>,
+    /// The processor answered it from its de-duplication index: applied before (acks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
     /// Rejection reason, or the active named by a not-active answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -46,12 +54,13 @@ pub struct Record {
 impl Record {
     /// A record with no ack fields and no detail.
     pub fn new(t_ms: u64, kind: Kind, id: impl Into<String>, processor: impl Into<String>) -> Self {
-        Record { t_ms, kind, id: id.into(), processor: processor.into(), seq: None, registered: None, detail: None }
+        let (id, processor) = (id.into(), processor.into());
+        Record { t_ms, kind, id, processor, seq: None, registered: None, duplicate: None, detail: None }
     }
 }
 
 /// What the workload did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
     /// Every record, in order.
     pub records: Vec<Record>,
@@ -78,15 +87,67 @@ impl History {
         acks.windows(2).filter(|w| w[1] >= from && w[0] <= to).map(|w| w[1] - w[0]).max().unwrap_or(0)
     }
 
-    /// Write as JSON lines.
-    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let mut out = Vec::new();
-        for r in &self.records {
-            out.extend(serde_json::to_vec(r).map_err(std::io::Error::other)?);
-            out.push(b'\n');
-        }
-        std::fs::write(path, out)
+    /// Read a history file; a last line torn by a kill is skipped.
+    pub fn read(path: &Path) -> std::io::Result<History> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(History { records: text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect() })
     }
+
+    /// Several runs' histories as one (their request ids never collide).
+    pub fn merged(all: impl IntoIterator<Item = History>) -> History {
+        History { records: all.into_iter().flat_map(|h| h.records).collect() }
+    }
+}
+
+/// A history being recorded: every record is kept and, when there is a file,
+/// appended to it at once.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    history: History,
+    file: Option<std::fs::File>,
+    /// The first error writing the file, if any (the run goes on; the report says so).
+    failed: Option<String>,
+}
+
+impl Recorder {
+    /// A recorder appending to `path` (created), or keeping records in memory only.
+    pub fn new(path: Option<&Path>) -> Recorder {
+        let opened = path.map(|p| {
+            let parent = p.parent().map(std::fs::create_dir_all).transpose();
+            parent.and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(p))
+        });
+        match opened {
+            Some(Ok(f)) => Recorder { file: Some(f), ..Recorder::default() },
+            Some(Err(e)) => Recorder { failed: Some(e.to_string()), ..Recorder::default() },
+            None => Recorder::default(),
+        }
+    }
+
+    /// Keep `r`, and append it to the file.
+    pub fn push(&mut self, r: Record) {
+        if let Some(f) = self.file.as_mut() {
+            let line = serde_json::to_vec(&r).map(|mut l| {
+                l.push(b'\n');
+                l
+            });
+            if let Err(e) = line.map_err(std::io::Error::other).and_then(|l| f.write_all(&l)) {
+                self.failed.get_or_insert(e.to_string());
+                self.file = None;
+            }
+        }
+        self.history.records.push(r);
+    }
+
+    /// The history, and the first error writing its file if there was one.
+    pub fn finish(self) -> (History, Option<String>) {
+        (self.history, self.failed)
+    }
+}
+
+/// A new run id: unique per run (milliseconds since the epoch and the process), short enough to prefix ids.
+pub fn new_run_id() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    format!("r{ms:x}-{:x}", std::process::id())
 }
 
 #[cfg(test)]
@@ -95,6 +156,27 @@ mod tests {
 
     fn ack(t: u64, id: &str) -> Record {
         Record::new(t, Kind::Ack, id, "p")
+    }
+
+    #[test]
+    fn a_history_is_on_disk_record_by_record_and_reads_back() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = d.path().join("history/r1.jsonl");
+        let mut rec = Recorder::new(Some(&path));
+        rec.push(Record::new(1, Kind::Send, "r1-w0", "p121"));
+        // Before the run ends (it may be killed here), the record is in the file.
+        assert_eq!(History::read(&path).unwrap_or_default().records.len(), 1);
+        rec.push(ack(2, "r1-w0"));
+        let (h, failed) = rec.finish();
+        assert_eq!((h.records.len(), failed), (2, None));
+        // A line torn by a kill is skipped, not an error.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"{\"t_ms\":3,"))
+            .unwrap_or_default();
+        assert_eq!(History::read(&path).unwrap_or_default(), h);
+        assert_ne!(new_run_id(), "");
     }
 
     #[test]

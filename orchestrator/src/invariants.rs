@@ -20,7 +20,12 @@ pub struct Verdict {
     pub detail: String,
 }
 
-/// Invariant 2: every acked request applied exactly once in the final database.
+/// Invariant 2: every acked request applied exactly once in the final
+/// database — and applied by the run that sent it: an ack the processor
+/// answered from its de-duplication index (`duplicate`) is only genuine for a
+/// request the run had sent before (a retry after a switchover); for a first
+/// send it means the id was applied by someone else (ids reused across runs),
+/// so nothing of this run was applied and nothing was checked.
 pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
     let mut applied: HashMap<&str, usize> = HashMap::new();
     for u in units {
@@ -31,15 +36,31 @@ pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
     let acked = history.acked();
     let lost: Vec<&String> = acked.keys().filter(|id| !applied.contains_key(id.as_str())).collect();
     let twice: Vec<&str> = applied.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
-    let ok = lost.is_empty() && twice.is_empty();
+    let mut sends: HashMap<&str, usize> = HashMap::new();
+    let mut not_ours = Vec::new();
+    for r in &history.records {
+        match r.kind {
+            Kind::Send | Kind::Retry => *sends.entry(r.id.as_str()).or_default() += 1,
+            Kind::Ack if r.duplicate == Some(true) && sends.get(r.id.as_str()).copied().unwrap_or(0) < 2 => {
+                not_ours.push(r.id.as_str());
+            }
+            Kind::Ack | Kind::Rejected | Kind::NotActive => {}
+        }
+    }
+    let ok = lost.is_empty() && twice.is_empty() && not_ours.is_empty();
     let detail = if ok {
         format!("{} acked work requests, all applied exactly once", acked.len())
     } else {
+        let first = |v: &[&str]| v.iter().take(10).map(|s| s.to_string()).collect::<Vec<_>>();
+        let lost: Vec<&str> = lost.iter().map(|s| s.as_str()).collect();
         format!(
-            "{} acked; lost: {:?}; applied twice: {:?}",
+            "{} acked; lost: {:?}; applied twice: {:?}; acked as duplicates of requests this run sent only once \
+             (applied by someone else: request ids reused?): {} {:?}",
             acked.len(),
-            lost.iter().take(10).collect::<Vec<_>>(),
-            twice.iter().take(10).collect::<Vec<_>>()
+            first(&lost),
+            first(&twice),
+            not_ours.len(),
+            first(&not_ours)
         )
     };
     Verdict { name: "no-acked-work-lost-or-applied-twice", ok, detail }
@@ -167,6 +188,22 @@ mod tests {
         assert!(!v.ok && v.detail.contains("twice"), "{}", v.detail);
         // Applied but never acked (the client gave up) is allowed.
         assert!(no_lost_or_double(&h, &[unit("u0", &["w0", "w1", "w2", "w3"])]).ok);
+    }
+
+    #[test]
+    fn acks_answered_from_another_runs_work_are_caught() {
+        let send = |id: &str| Record::new(0, Kind::Send, id, "p");
+        let retry = |id: &str| Record::new(0, Kind::Retry, id, "p");
+        let dup = |id: &str| Record { duplicate: Some(true), ..ack(id) };
+        let db = [unit("u0", &["w0", "w1"])];
+        // A retry after a switchover, answered from the index: genuine.
+        let retried = History { records: vec![send("w0"), send("w1"), ack("w1"), retry("w0"), dup("w0")] };
+        assert!(no_lost_or_double(&retried, &db).ok);
+        // The defect this catches: a second workload reusing ids w0, w1 gets every
+        // ack from the index at its first send; the database "has" them all.
+        let reused = History { records: vec![send("w0"), dup("w0"), send("w1"), dup("w1")] };
+        let v = no_lost_or_double(&reused, &db);
+        assert!(!v.ok && v.detail.contains("sent only once") && v.detail.contains("w1"), "{}", v.detail);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! | [`channel`] | the host's channel to each agent (vsock or loopback TCP) |
 //! | [`agents`] | calls to the agents: status, roles with epochs, evaluation; the standby waits |
 //! | [`testbed`] | up, attach, reload, status, down — once, over the backend |
+//! | [`health`] | whether a pair is healthy, from what `status` observed |
 //! | [`rundir`] | the run directory: sockets, logs, state, journal |
+//! | [`lock`] | one orchestrator per pair: the run directory's `flock` |
 //! | [`procedure`] | Fig. 6: the transition table, the journal, the loop that runs the steps |
 //! | [`workload`] | the client that submits work units during the upgrade |
 //! | [`history`] | what the workload did, as a history |
@@ -29,10 +31,12 @@ pub mod channel;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod history;
 pub mod images;
 pub mod invariants;
 pub mod load;
+pub mod lock;
 pub mod machine;
 pub mod pair;
 pub mod platform;

@@ -10,7 +10,7 @@ use hitless::events::{render, Events};
 use hitless::pair::ProcId;
 use hitless::procedure::{self, End, Options, Report};
 use hitless::rundir::RunDir;
-use hitless::testbed::{self, Testbed};
+use hitless::testbed::{self, Access, Testbed};
 use hitless_protocol::Role;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,8 +26,8 @@ US 7,178,056 Fig. 6 under a live workload and checks the invariants, `hitless st
 versions, images and replication, `hitless down` stops everything. The run directory (sockets, pids, \
 logs, state, journal, transcript) lets later commands re-attach.",
     after_help = "Exit codes: 0 done; 1 a step or the input failed; 2 not acceptable, rolled back; \
-3 environment (QEMU missing, testbed not up / already up, upgrade interrupted); 4 an invariant was violated; \
-130 interrupted.\n\nExamples:\n  hitless up\n  hitless upgrade --to 2.0.0\n  hitless status\n  hitless down"
+3 environment (QEMU missing, testbed not up / already up, the pair busy, upgrade interrupted); \
+4 an invariant was violated; 5 `status`: the pair is not healthy; 130 interrupted.\n\nExamples:\n  hitless up\n  hitless upgrade --to 2.0.0\n  hitless status\n  hitless down"
 )]
 struct Cli {
     /// Testbed configuration.
@@ -49,7 +49,11 @@ enum Cmd {
     Images,
     /// Boot the pair and leave it running in the initial state (step 200).
     Up,
-    /// Show each processor: machine state, attached image, agent role, version and replication.
+    /// Show each processor (machine state, attached image, agent role, version,
+    /// replication) and whether the pair is healthy.
+    ///
+    /// Exit 0: healthy (one active, one standby it sees current, both running,
+    /// the link up); 5: not healthy, with what is wrong (`hitless repair` fixes it).
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -76,6 +80,14 @@ enum Cmd {
     },
     /// Roll an unfinished upgrade back to the old version (refused after step 207).
     Rollback,
+    /// Bring the pair back to one active and one current standby after a processor died.
+    ///
+    /// Resumes a paused machine, fences one whose agent does not answer,
+    /// promotes the surviving processor that holds the run-state (with a new
+    /// epoch) if nothing is active, reloads the other with the version its
+    /// partner runs and makes it standby. Says so when nothing holds the
+    /// run-state (both down) and changes nothing then.
+    Repair,
     /// Enable new features on both processors, as step 207 does (the point of no return).
     ///
     /// Refused, with each agent's reason, unless both processors run a version
@@ -152,7 +164,7 @@ async fn up(cli: &Cli, events: Events) -> anyhow::Result<()> {
         r = Testbed::up(cfg, run, events) => r?,
         _ = tokio::signal::ctrl_c() => {
             // The future is dropped mid-way; its processes are in the pid files.
-            testbed::down(&run2, &ev2);
+            let _ = testbed::down(&run2, &ev2);
             return Err(Error::Interrupted.into());
         }
     };
@@ -161,11 +173,15 @@ async fn up(cli: &Cli, events: Events) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn print_status(tb: &Testbed, json: bool) {
+/// Print the status table (or JSON) and the pair's health; returns the problems.
+async fn print_status(tb: &Testbed, json: bool) -> Vec<hitless::health::Problem> {
     let st = tb.status().await;
+    let problems = hitless::health::assess(&st);
     if json {
-        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
-        return;
+        let health: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let out = serde_json::json!({ "processors": st, "healthy": problems.is_empty(), "problems": health });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return problems;
     }
     println!(
         "{:<6} {:<8} {:<15} {:<8} {:<7} {:<18} {:<34} {:>5} {:>5} {:<28} REPLICATION",
@@ -216,6 +232,16 @@ async fn print_status(tb: &Testbed, json: bool) {
             }
         }
     }
+    if problems.is_empty() {
+        println!("health: ok");
+    } else {
+        println!("health: NOT healthy");
+        for p in &problems {
+            println!("  - {p}");
+        }
+        println!("  (`hitless repair` restores one active and one current standby)");
+    }
+    problems
 }
 
 async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
@@ -233,12 +259,20 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
         }
         Cmd::Up => up(&cli, events).await,
         Cmd::Status { json } => {
-            let tb = Testbed::attach(run_dir(&cli, "")?, events)?;
-            print_status(&tb, *json).await;
-            Ok(())
+            let tb = Testbed::attach(run_dir(&cli, "")?, events, Access::Observe)?;
+            let problems = print_status(&tb, *json).await;
+            if problems.is_empty() {
+                return Ok(());
+            }
+            Err(RunEnd {
+                message: format!("the pair is not healthy: {} problem(s)", problems.len()),
+                code: exit::UNHEALTHY,
+            }
+            .into())
         }
         Cmd::Upgrade { to, dry_run, resume, no_workload } => {
-            let mut tb = Testbed::attach(run_dir(&cli, "")?, events)?;
+            let access = if *dry_run { Access::Observe } else { Access::Change("hitless upgrade") };
+            let mut tb = Testbed::attach(run_dir(&cli, "")?, events, access)?;
             if *dry_run {
                 let p = procedure::plan(&tb, to.as_deref().unwrap_or_default()).await?;
                 println!(
@@ -248,6 +282,10 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 for line in procedure::describe_plan(&tb, &p) {
                     println!("  {line}");
                 }
+                println!("preflight:");
+                for check in procedure::preflight(&tb, &p).await? {
+                    println!("  ok  {check}");
+                }
                 return Ok(());
             }
             let opts = Options { resume: *resume, workload: !no_workload };
@@ -255,12 +293,24 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             finish(&tb, &report)
         }
         Cmd::Rollback => {
-            let mut tb = Testbed::attach(run_dir(&cli, "")?, events)?;
+            let mut tb = Testbed::attach(run_dir(&cli, "")?, events, Access::Change("hitless rollback"))?;
             let report = procedure::rollback(&mut tb).await?;
             finish(&tb, &report)
         }
+        Cmd::Repair => {
+            let mut tb = Testbed::attach(run_dir(&cli, "")?, events, Access::Change("hitless repair"))?;
+            let done = procedure::repair(&mut tb).await?;
+            for a in &done.actions {
+                println!("{a}");
+            }
+            if let Some(j) = procedure::read_journal(tb.run()).filter(|j| !j.step.is_end()) {
+                println!("an upgrade to {} was interrupted at step {}: continue with `hitless upgrade --resume` or `hitless rollback`", j.plan.to, j.step);
+            }
+            print_status(&tb, false).await;
+            Ok(())
+        }
         Cmd::Enable { features } => {
-            let tb = Testbed::attach(run_dir(&cli, "")?, events)?;
+            let tb = Testbed::attach(run_dir(&cli, "")?, events, Access::Change("hitless enable"))?;
             let mut features = features.clone();
             if features.is_empty() {
                 let active = tb.active().await.unwrap_or(ProcId::FIRST);
@@ -279,23 +329,15 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 Some(d) => RunDir::new(d),
                 None => RunDir::default_for(&format!("{}-simulated", cfg.name)),
             };
-            // A VM testbed's run directory holds pid files of live processes: never clear that.
-            if run.load_state().is_ok_and(|st| st.platform != hitless::platform::Platform::Simulated) {
-                return Err(Error::from(hitless::error::EnvironmentError::AlreadyUp(run.root.clone())).into());
-            }
             // Unknown versions are bad input, before anything is made.
             cfg.version(to).map_err(|e: InputError| Error::from(e))?;
-            // The simulated pair lives in this process: whatever a previous rehearsal left is only files.
-            if run.root.exists() {
-                std::fs::remove_dir_all(&run.root).with_context(|| format!("clearing {}", run.root.display()))?;
-            }
             let mut tb = Testbed::simulated(cfg, run, events).await?;
             let report = procedure::upgrade(&mut tb, to, Options { resume: false, workload: true }).await?;
             finish(&tb, &report)
         }
         Cmd::Down => {
             let run = run_dir(&cli, "")?;
-            let n = testbed::down(&run, &events);
+            let n = testbed::down(&run, &events)?;
             eprintln!("down: stopped {n} processes, removed {}", run.root.display());
             Ok(())
         }

@@ -1,8 +1,11 @@
 //! Helper processes (QEMU, vhost-device-vsock): each runs in its own process
-//! group, its output goes to a log file in the run directory, and its pid is
-//! written to a pid file at once — so `hitless down` can stop it by group id
-//! even after the orchestrator that started it died. Nothing is ever stopped
-//! by name.
+//! group, its output goes to a log file in the run directory, its pid is
+//! written to a pid file at once (atomically, never over a live one), and it
+//! is appended to the run directory's record of every process it started —
+//! so `hitless down` can stop it by group id even after the orchestrator that
+//! started it died, whatever happened to a pid file. Nothing is ever stopped
+//! by name, and a recorded pid is only signalled while it is still the same
+//! process (its start time matches).
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -21,6 +24,14 @@ pub enum ProcessError {
         program: String,
         #[source]
         source: std::io::Error,
+    },
+    /// The pid file names a process that still runs: starting another would orphan it.
+    #[error("{} names pid {pid}, which still runs; stop it first (hitless down)", pid_file.display())]
+    StillRunning {
+        /// The pid file.
+        pid_file: PathBuf,
+        /// The live process.
+        pid: u32,
     },
     /// A run-directory file could not be written or read.
     #[error("{path}")]
@@ -41,12 +52,40 @@ pub struct Helper {
     pub pid_file: PathBuf,
 }
 
-/// Start `program args` in a new process group, output appended to `log`, pid written to `pid_file`.
-pub fn spawn(program: &Path, args: &[String], log: &Path, pid_file: &Path) -> Result<Helper, ProcessError> {
+/// One started process, as the run directory records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Process id (and process group id).
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat`): tells it from a later process with its pid.
+    pub start: u64,
+    /// The program.
+    pub program: String,
+}
+
+/// When `pid` started, in clock ticks since boot, if it runs.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces); starttime is field 22, the 20th after ")".
+    stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Start `program args` in a new process group, output appended to `log`, pid
+/// written to `pid_file` and appended to the `registry` of the run directory.
+pub fn spawn(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    pid_file: &Path,
+    registry: &Path,
+) -> Result<Helper, ProcessError> {
     let file_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ProcessError::File { path, source }
     };
+    if let Some(pid) = read_pid(pid_file).filter(|p| alive(*p)) {
+        return Err(ProcessError::StillRunning { pid_file: pid_file.to_path_buf(), pid });
+    }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(file_err(log))?;
     let err = out.try_clone().map_err(file_err(log))?;
     tracing::debug!("exec {} {}", program.display(), args.join(" "));
@@ -62,8 +101,29 @@ pub fn spawn(program: &Path, args: &[String], log: &Path, pid_file: &Path) -> Re
     // Dropping the handle neither kills nor waits: the helper outlives this command,
     // and `alive()` reaps it once it exits.
     let pid = child.id();
-    std::fs::write(pid_file, format!("{pid}\n")).map_err(file_err(pid_file))?;
+    let record = Record { pid, start: start_time(pid).unwrap_or(0), program: program.display().to_string() };
+    let mut line = serde_json::to_vec(&record).map_err(|e| file_err(registry)(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(registry)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &line))
+        .map_err(file_err(registry))?;
+    crate::rundir::write_atomic(pid_file, format!("{pid}\n").as_bytes()).map_err(file_err(pid_file))?;
     Ok(Helper { pid, pid_file: pid_file.to_path_buf() })
+}
+
+/// Every process in `registry` that still runs as the process recorded (same start time).
+pub fn recorded_alive(registry: &Path) -> Vec<Record> {
+    let text = std::fs::read_to_string(registry).unwrap_or_default();
+    let mut out: Vec<Record> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+        .filter(|r| alive(r.pid) && start_time(r.pid) == Some(r.start))
+        .collect();
+    out.dedup_by_key(|r| r.pid);
+    out
 }
 
 /// Read a pid file.
@@ -161,11 +221,27 @@ mod tests {
     #[test]
     fn a_stopped_helper_is_gone_and_reaped() {
         let d = tempfile::tempdir().unwrap();
-        let h = spawn(Path::new("/bin/sleep"), &["30".into()], &d.path().join("log"), &d.path().join("pid")).unwrap();
+        let (pid_file, registry) = (d.path().join("pid"), d.path().join("processes.jsonl"));
+        let h = spawn(Path::new("/bin/sleep"), &["30".into()], &d.path().join("log"), &pid_file, &registry).unwrap();
         assert!(alive(h.pid));
+        assert_eq!(recorded_alive(&registry).iter().map(|r| r.pid).collect::<Vec<_>>(), [h.pid]);
+        // A live pid file is never overwritten: that would orphan its process.
+        let again = spawn(Path::new("/bin/sleep"), &["30".into()], &d.path().join("log"), &pid_file, &registry);
+        assert!(matches!(again, Err(ProcessError::StillRunning { pid, .. }) if pid == h.pid), "{again:?}");
         stop_pid_file(&h.pid_file, Duration::from_secs(2));
         assert!(!alive(h.pid));
         assert!(!zombie_children().contains(&h.pid));
         assert!(!h.pid_file.exists());
+        assert!(recorded_alive(&registry).is_empty());
+    }
+
+    #[test]
+    fn a_record_whose_pid_was_reused_is_not_alive() {
+        let d = tempfile::tempdir().unwrap();
+        let registry = d.path().join("processes.jsonl");
+        let me = std::process::id();
+        let stale = Record { pid: me, start: start_time(me).unwrap() + 1, program: "qemu".into() };
+        std::fs::write(&registry, format!("{}\n", serde_json::to_string(&stale).unwrap())).unwrap();
+        assert!(recorded_alive(&registry).is_empty(), "a different process with a recorded pid would be killed");
     }
 }

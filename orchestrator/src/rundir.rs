@@ -112,9 +112,17 @@ impl RunDir {
     pub fn transcript(&self) -> PathBuf {
         self.root.join("transcript.yaml")
     }
-    /// Workload history (JSON lines).
-    pub fn history(&self) -> PathBuf {
-        self.root.join("history.jsonl")
+    /// The workload history of run `run_id` (JSON lines, appended as it happens).
+    pub fn history(&self, run_id: &str) -> PathBuf {
+        self.root.join("history").join(format!("{run_id}.jsonl"))
+    }
+    /// The lock file: held by the one command that may change the pair.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    /// Every helper process this run directory started (JSON lines), for `down`.
+    pub fn processes(&self) -> PathBuf {
+        self.root.join("processes.jsonl")
     }
 
     /// Every pid file in the run directory, daemons after QEMUs.

@@ -8,6 +8,7 @@ use crate::agents::Agents;
 use crate::config::Config;
 use crate::error::{chain, EnvironmentError, Error, ProcessorError};
 use crate::events::{Event, Events, ProcView, Seen};
+use crate::lock::{Lock, LockError};
 use crate::machine::qemu::QemuPair;
 use crate::machine::sim::SimPair;
 use crate::machine::{AppDisk, Backend, Boot, Machines, Software};
@@ -35,15 +36,38 @@ pub struct ProcessorStatus {
     pub agent: Result<Status, String>,
 }
 
+/// How a command uses the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// It changes the pair: it holds the run directory's lock for its whole life (named for the refusal message).
+    Change(&'static str),
+    /// It only looks (`status`, `--dry-run`): never blocks, never changes anything.
+    Observe,
+}
+
 /// The running pair.
 pub struct Testbed {
     cfg: Config,
     run: RunDir,
     state: State,
-    machines: Backend,
+    machines: std::sync::Arc<Backend>,
     agents: Agents,
     events: Events,
     timeouts: Timeouts,
+    /// Held while this testbed may change the pair; `None` for a read-only view.
+    lock: Option<Lock>,
+}
+
+/// Take the run directory's lock for `command`, or say who holds it and where its upgrade is.
+fn lock(run: &RunDir, command: &str) -> Result<Lock, Error> {
+    match crate::lock::acquire(&run.lock_file(), command) {
+        Ok(l) => Ok(l),
+        Err(LockError::Busy(holder)) => {
+            let step = crate::procedure::read_journal(run).map(|j| j.step).filter(|s| !s.is_end());
+            Err(EnvironmentError::Busy { holder, step }.into())
+        }
+        Err(e) => Err(EnvironmentError::Lock(e).into()),
+    }
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -68,25 +92,36 @@ impl State {
 }
 
 impl Testbed {
-    fn assemble(cfg: Config, run: RunDir, state: State, machines: Backend, events: Events) -> Testbed {
+    fn assemble(
+        cfg: Config,
+        run: RunDir,
+        state: State,
+        machines: Backend,
+        events: Events,
+        lock: Option<Lock>,
+    ) -> Testbed {
         let timeouts = Timeouts::for_platform(state.platform);
         let names = cfg.processors.map(|_, p| p.name.clone());
-        let agents = Agents::new(names, Pair::from_fn(|p| machines.channel(p)), timeouts);
-        Testbed { cfg, run, state, machines, agents, events, timeouts }
+        let machines = std::sync::Arc::new(machines);
+        let probe = machines.clone();
+        let alive: crate::agents::Liveness = std::sync::Arc::new(move |p| probe.alive(p));
+        let agents = Agents::new(names, Pair::from_fn(|p| machines.channel(p)), timeouts, alive);
+        Testbed { cfg, run, state, machines, agents, events, timeouts, lock }
+    }
+
+    /// Changing the pair needs the lock; a read-only view refuses.
+    fn writable(&self) -> Result<(), Error> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(EnvironmentError::ReadOnly.into()),
+        }
     }
 
     /// Boot the pair as QEMU guests to the initial state (step 200): the first
     /// processor active, the second standby after its step-up. Nothing
     /// half-started survives a failure.
     pub async fn up(cfg: Config, run: RunDir, events: Events) -> Result<Testbed, Error> {
-        if run.state_file().exists() {
-            let alive = run.pid_files().iter().filter_map(|p| process::read_pid(p)).any(process::alive);
-            if alive {
-                return Err(EnvironmentError::AlreadyUp(run.root.clone()).into());
-            }
-            // A dead testbed's leftovers (e.g. the machine rebooted): clear them.
-            down(&run, &events);
-        }
+        // Everything the host must offer is checked before anything is created.
         let (accel, reason) =
             platform::choose_accel(cfg.accelerator, HostKvm::probe()).map_err(EnvironmentError::Platform)?;
         let vsock =
@@ -95,12 +130,23 @@ impl Testbed {
         qemu.check_host()?;
         events.progress("building images (cached by content)");
         qemu.boot_image()?;
+        let machines = Backend::Qemu(Box::new(qemu));
+        machines.software(&cfg.initial_version)?;
+        std::fs::create_dir_all(&run.root).map_err(file_err(&run.root))?;
+        let lock = lock(&run, "hitless up")?;
+        if run.state_file().exists() {
+            let alive = !process::recorded_alive(&run.processes()).is_empty()
+                || run.pid_files().iter().filter_map(|p| process::read_pid(p)).any(process::alive);
+            if alive {
+                return Err(EnvironmentError::AlreadyUp(run.root.clone()).into());
+            }
+            // A dead testbed's leftovers (e.g. the machine rebooted): clear them, keeping our lock.
+            stop_everything(&run, &events);
+        }
         let state = State::initial(&cfg, Platform::Qemu { accel, vsock }, reason);
-        let mut tb = Testbed::assemble(cfg, run, state, Backend::Qemu(Box::new(qemu)), events);
-        // The initial version's image, before anything is created or started.
-        tb.software(&tb.cfg.initial_version.clone())?;
+        let mut tb = Testbed::assemble(cfg, run, state, machines, events, Some(lock));
         if let Err(e) = tb.bring_up().await {
-            down(&tb.run, &tb.events);
+            stop_everything(&tb.run, &tb.events);
             return Err(e);
         }
         Ok(tb)
@@ -113,7 +159,22 @@ impl Testbed {
         let sim = SimPair::new(&cfg).map_err(|source| EnvironmentError::File { path: "(loopback)".into(), source })?;
         let reason = "agents in this process, over loopback TCP".to_string();
         let state = State::initial(&cfg, Platform::Simulated, reason);
-        let mut tb = Testbed::assemble(cfg, run, state, Backend::Simulated(std::sync::Arc::new(sim)), events);
+        std::fs::create_dir_all(&run.root).map_err(file_err(&run.root))?;
+        let lock = lock(&run, "hitless simulate")?;
+        // A VM testbed's run directory holds pid files of live processes: never clear that.
+        if run.load_state().is_ok_and(|st| st.platform != Platform::Simulated) {
+            return Err(EnvironmentError::AlreadyUp(run.root.clone()).into());
+        }
+        // The simulated pair lives in this process: whatever a previous rehearsal left is only files.
+        for entry in std::fs::read_dir(&run.root).map_err(file_err(&run.root))?.flatten() {
+            if entry.file_name() != "lock" {
+                let p = entry.path();
+                let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                removed.map_err(file_err(&p))?;
+            }
+        }
+        let machines = Backend::Simulated(std::sync::Arc::new(sim));
+        let mut tb = Testbed::assemble(cfg, run, state, machines, events, Some(lock));
         tb.software(&tb.cfg.initial_version.clone())?;
         tb.bring_up().await?;
         Ok(tb)
@@ -140,8 +201,16 @@ impl Testbed {
         Ok(())
     }
 
-    /// Re-attach to a testbed that `hitless up` left running.
-    pub fn attach(run: RunDir, events: Events) -> Result<Testbed, Error> {
+    /// Re-attach to a testbed that `hitless up` left running: to change it
+    /// (holding its lock, taken before its state is read) or only to look.
+    pub fn attach(run: RunDir, events: Events, access: Access) -> Result<Testbed, Error> {
+        if !run.state_file().exists() {
+            return Err(EnvironmentError::NotUp(run.root.clone()).into());
+        }
+        let lock = match access {
+            Access::Change(command) => Some(lock(&run, command)?),
+            Access::Observe => None,
+        };
         let state = run.load_state().map_err(|_| EnvironmentError::NotUp(run.root.clone()))?;
         let cfg = Config::load(&state.config)?;
         for (p, recorded) in state.processors.iter() {
@@ -161,7 +230,7 @@ impl Testbed {
             }
             Platform::Simulated => return Err(EnvironmentError::SimulatedElsewhere(run.root.clone()).into()),
         };
-        Ok(Testbed::assemble(cfg, run, state, machines, events))
+        Ok(Testbed::assemble(cfg, run, state, machines, events, lock))
     }
 
     /// The configuration.
@@ -198,7 +267,7 @@ impl Testbed {
     }
     /// The simulated pair behind this testbed, if it is one (tests inject faults through it).
     pub fn simulated_pair(&self) -> Option<std::sync::Arc<SimPair>> {
-        match &self.machines {
+        match self.machines.as_ref() {
             Backend::Simulated(s) => Some(s.clone()),
             Backend::Qemu(_) => None,
         }
@@ -255,14 +324,18 @@ impl Testbed {
         ProcessorError::Machine { processor: self.name(p).into(), source }.into()
     }
 
+    /// A boot that failed: said once, by the first line that explains it; the
+    /// console and QEMU output to read go to the event stream, not into the message.
     fn boot_error(&self, p: ProcId, boot: &Boot, why: String) -> Error {
         let d = self.machines.diagnostics(p, Some(boot));
+        if !d.detail.is_empty() {
+            self.events.progress(format!("{} did not come up; what it printed:\n{}", self.name(p), d.detail));
+        }
         let why = match d.cause {
             Some(cause) => format!("{why}; it said: {cause}"),
             None => why,
         };
-        let diagnostics = (!d.detail.is_empty()).then_some(d.detail);
-        ProcessorError::Boot { processor: self.name(p).into(), why, diagnostics }.into()
+        ProcessorError::Boot { processor: self.name(p).into(), why, console: d.console }.into()
     }
 
     /// Wait (bounded, stopping early if the machine dies) until the agent answers hello.
@@ -305,6 +378,7 @@ impl Testbed {
     /// machine booting that version, same identity; its machine must then show
     /// the version's image. Returns what it shows.
     pub async fn reload(&mut self, p: ProcId, version: &str) -> Result<AppDisk, Error> {
+        self.writable()?;
         // Resolve first: a missing image must fail before the processor goes down.
         let sw = self.software(version)?;
         let was = self.software(self.version_of(p)).map(|s| s.image).unwrap_or_else(|_| "-".into());
@@ -330,6 +404,7 @@ impl Testbed {
 
     /// Give `p` a role at the next epoch (allocated and saved before it is sent).
     pub async fn set_role(&mut self, p: ProcId, role: Role) -> Result<u64, Error> {
+        self.writable()?;
         self.state.epoch += 1;
         let epoch = self.state.epoch;
         self.save()?;
@@ -372,7 +447,7 @@ impl Testbed {
     pub async fn pair_view(&self) -> Vec<ProcView> {
         let mut v = Vec::new();
         for p in ProcId::BOTH {
-            let (role, version) = match self.agents.status(p).await {
+            let (role, version) = match self.agents.poll_status(p).await {
                 Ok(s) => (Seen::from(s.hello.role), s.hello.version),
                 Err(_) if self.alive(p) => (Seen::Unreachable, self.version_of(p).to_string()),
                 Err(_) => (Seen::Down, self.version_of(p).to_string()),
@@ -383,22 +458,34 @@ impl Testbed {
     }
 }
 
-/// Tear down whatever runs from `run`: every helper by its process group
+/// Tear down whatever runs from `run` and remove the run directory, holding
+/// its lock (refused while another command holds the pair). Idempotent, and
+/// works after the orchestrator or a VM died. Returns how many processes it stopped.
+pub fn down(run: &RunDir, events: &Events) -> Result<usize, Error> {
+    if !run.root.exists() {
+        return Ok(0);
+    }
+    let _lock = lock(run, "hitless down")?;
+    Ok(stop_everything(run, events))
+}
+
+/// Stop every process the run directory started — each by its process group
 /// (SIGTERM, which QEMU and the vsock daemon both handle by exiting cleanly,
-/// then SIGKILL after a grace period); then remove the run directory.
-/// Idempotent, and works after the orchestrator or a VM died.
-pub fn down(run: &RunDir, events: &Events) -> usize {
-    let mut stopped = 0;
+/// then SIGKILL after a grace period), found in its record of processes and
+/// in its pid files — then remove the directory. The caller holds the lock.
+fn stop_everything(run: &RunDir, events: &Events) -> usize {
+    let mut pids: Vec<u32> = process::recorded_alive(&run.processes()).into_iter().map(|r| r.pid).collect();
     for pf in run.pid_files() {
-        if let Some(pid) = process::read_pid(&pf).filter(|p| process::alive(*p)) {
-            stopped += 1;
-            process::stop_group(pid, Duration::from_secs(2));
-            events.progress(format!("stopped {} (pid {pid})", pf.display()));
-        }
-        let _ = std::fs::remove_file(&pf);
+        pids.extend(process::read_pid(&pf).filter(|p| process::alive(*p)));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in &pids {
+        process::stop_group(*pid, Duration::from_secs(2));
+        events.progress(format!("stopped pid {pid}"));
     }
     if run.root.exists() {
         let _ = std::fs::remove_dir_all(&run.root);
     }
-    stopped
+    pids.len()
 }

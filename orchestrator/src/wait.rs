@@ -14,6 +14,8 @@ pub struct Timeouts {
     pub request: Duration,
     /// A standby's step-up until the active sees it current.
     pub stepup: Duration,
+    /// How many times slower than native the processors run.
+    pub slowdown: u32,
 }
 
 impl Timeouts {
@@ -24,6 +26,7 @@ impl Timeouts {
             boot: Duration::from_secs(20) * k,
             request: Duration::from_secs(10) * k,
             stepup: Duration::from_secs(10) * k,
+            slowdown: k,
         }
     }
 }

@@ -4,9 +4,10 @@
 //! request and answer — the [`History`] that [`crate::invariants`] checks.
 
 use crate::channel::Channel;
-use crate::history::{History, Kind, Record};
+use crate::history::{History, Kind, Record, Recorder};
 use hitless_protocol::{from_line, to_line, Operation, WorkReply, WorkRequest, WORK_PORT};
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,16 +18,16 @@ const WINDOW: usize = 8;
 /// Pause between requests; keeps the load steady rather than maximal during an upgrade.
 const PACE: Duration = Duration::from_millis(2);
 
-/// The n-th operation of the workload: units are opened, updated twice, closed.
-fn op(n: u64) -> WorkRequest {
-    let unit = format!("u{}", n / 4);
+/// The n-th operation of run `run`'s workload: units are opened, updated twice, closed.
+fn op(run: &str, n: u64) -> WorkRequest {
+    let unit = format!("{run}-u{}", n / 4);
     let op = match n % 4 {
         0 => Operation::Open { unit, fields: [("caller".to_string(), format!("c{}", n / 4))].into() },
         1 => Operation::Update { unit, fields: [("state".to_string(), "ringing".to_string())].into() },
         2 => Operation::Update { unit, fields: [("state".to_string(), "connected".to_string())].into() },
         _ => Operation::Close { unit },
     };
-    WorkRequest { id: format!("w{n}"), op }
+    WorkRequest { id: format!("{run}-w{n}"), op }
 }
 
 /// A running workload; stop it to get its history.
@@ -34,7 +35,7 @@ pub struct Workload {
     stop: Arc<AtomicBool>,
     rejected: Arc<AtomicUsize>,
     /// `None` once stopped.
-    task: Option<tokio::task::JoinHandle<History>>,
+    task: Option<tokio::task::JoinHandle<Recorder>>,
     start: Instant,
 }
 
@@ -48,12 +49,14 @@ impl Drop for Workload {
 }
 
 impl Workload {
-    /// Start submitting to the pair `(name, channel)`, beginning with `first`.
-    pub fn start(targets: Vec<(String, Channel)>, first: String) -> Workload {
+    /// Start submitting to the pair `(name, channel)`, beginning with `first`,
+    /// with request ids of run `run_id`, appending the history to `log` if given.
+    pub fn start(targets: Vec<(String, Channel)>, first: String, run_id: &str, log: Option<&Path>) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let rejected = Arc::new(AtomicUsize::new(0));
         let start = Instant::now();
-        let task = tokio::spawn(run(targets, first, stop.clone(), rejected.clone(), start));
+        let rec = Recorder::new(log);
+        let task = tokio::spawn(run(targets, first, run_id.to_string(), rec, stop.clone(), rejected.clone(), start));
         Workload { stop, rejected, task: Some(task), start }
     }
 
@@ -68,11 +71,16 @@ impl Workload {
     }
 
     /// Stop after the requests in flight are answered (bounded) and return the history.
-    pub async fn stop(mut self) -> History {
+    pub async fn stop(self) -> History {
+        self.stop_and_report().await.0
+    }
+
+    /// [`Workload::stop`], and the first error writing the history file if there was one.
+    pub async fn stop_and_report(mut self) -> (History, Option<String>) {
         self.stop.store(true, Ordering::Relaxed);
         match self.task.take() {
-            Some(t) => t.await.unwrap_or_default(),
-            None => History::default(),
+            Some(t) => t.await.map(Recorder::finish).unwrap_or_default(),
+            None => (History::default(), None),
         }
     }
 }
@@ -80,11 +88,12 @@ impl Workload {
 async fn run(
     targets: Vec<(String, Channel)>,
     first: String,
+    run_id: String,
+    mut h: Recorder,
     stop: Arc<AtomicBool>,
     rejected: Arc<AtomicUsize>,
     start: Instant,
-) -> History {
-    let mut h = History::default();
+) -> Recorder {
     let t = |start: Instant| start.elapsed().as_millis() as u64;
     let mut target = targets.iter().position(|(n, _)| *n == first).unwrap_or(0);
     let mut next_op: u64 = 0;
@@ -107,7 +116,7 @@ async fn run(
         let (r, mut w) = tokio::io::split(stream);
         let mut reader = BufReader::new(r);
         for req in &inflight {
-            h.records.push(Record::new(t(start), Kind::Retry, &req.id, name));
+            h.push(Record::new(t(start), Kind::Retry, &req.id, name));
             let Ok(line) = to_line(req) else { continue };
             if w.write_all(&line).await.is_err() {
                 continue 'outer;
@@ -117,9 +126,9 @@ async fn run(
         loop {
             // Keep the window full unless stopping.
             while inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
-                let req = op(next_op);
+                let req = op(&run_id, next_op);
                 next_op += 1;
-                h.records.push(Record::new(t(start), Kind::Send, &req.id, name));
+                h.push(Record::new(t(start), Kind::Send, &req.id, name));
                 let Ok(l) = to_line(&req) else { continue };
                 inflight.push_back(req);
                 if w.write_all(&l).await.is_err() {
@@ -142,22 +151,22 @@ async fn run(
             let Some(reply) = reply else { continue };
             let Some(pos) = inflight.iter().position(|r| r.id == reply.id()) else { continue };
             match reply {
-                WorkReply::Ack { id, seq, registered, .. } => {
+                WorkReply::Ack { id, seq, registered, duplicate } => {
                     inflight.remove(pos);
-                    h.records.push(Record {
+                    h.push(Record {
                         seq: Some(seq),
                         registered: Some(registered),
+                        duplicate: Some(duplicate),
                         ..Record::new(t(start), Kind::Ack, id, name)
                     });
                 }
                 WorkReply::Rejected { id, reason } => {
                     inflight.remove(pos);
                     rejected.fetch_add(1, Ordering::Relaxed);
-                    h.records.push(Record { detail: Some(reason), ..Record::new(t(start), Kind::Rejected, id, name) });
+                    h.push(Record { detail: Some(reason), ..Record::new(t(start), Kind::Rejected, id, name) });
                 }
                 WorkReply::NotActive { id, active, .. } => {
-                    h.records
-                        .push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
+                    h.push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
                     target = active
                         .and_then(|a| targets.iter().position(|(n, _)| *n == a))
                         .unwrap_or((target + 1) % targets.len());
@@ -177,8 +186,8 @@ mod tests {
 
     #[test]
     fn operations_cycle_open_update_update_close() {
-        assert!(matches!(op(4).op, Operation::Open { ref unit, .. } if unit == "u1"));
-        assert!(matches!(op(7).op, Operation::Close { ref unit } if unit == "u1"));
-        assert_eq!(op(7).id, "w7");
+        assert!(matches!(op("r1", 4).op, Operation::Open { ref unit, .. } if unit == "r1-u1"));
+        assert!(matches!(op("r1", 7).op, Operation::Close { ref unit } if unit == "r1-u1"));
+        assert_eq!(op("r1", 7).id, "r1-w7");
     }
 }

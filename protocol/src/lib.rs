@@ -53,6 +53,11 @@ pub const HEARTBEAT_MS: u64 = 100;
 pub const LINK_TIMEOUT_MS: u64 = 1000;
 /// Updates a standby may have in flight and still count as current (synchronous replication under load).
 pub const CURRENT_LAG: u64 = 128;
+/// Longest an update may wait for the standby to register it, and longest the
+/// standby may stay silent, for the active to call its standby current: past
+/// it, the standby is not registering (a cut link shows here within half a
+/// second, long before the link times out).
+pub const REGISTRATION_BOUND_MS: u64 = 500;
 /// Longest accepted line, so a corrupt peer cannot exhaust memory.
 pub const MAX_LINE: usize = 64 * 1024 * 1024;
 
@@ -361,6 +366,36 @@ pub struct Replication {
     /// As standby: a step-up completed and no gap since.
     #[serde(default)]
     pub synced: bool,
+    /// As active: how long the oldest update not yet registered by the standby has waited (ms; 0 when none).
+    #[serde(default)]
+    pub unregistered_ms: u64,
+    /// How long since anything came from the peer over the link (ms); `None` without a link.
+    #[serde(default)]
+    pub peer_silent_ms: Option<u64>,
+}
+
+impl Replication {
+    /// As active: whether the standby is current as the active sees it — attached,
+    /// registering (nothing waiting longer than [`REGISTRATION_BOUND_MS`]) and
+    /// heard from within that bound. The standby's own `synced` flag cannot say
+    /// this: it stays true after its link is gone.
+    pub fn standby_current(&self) -> Result<(), String> {
+        if self.simplex || self.registered.is_none() {
+            return Err("no standby is attached (simplex)".into());
+        }
+        if self.unregistered_ms > REGISTRATION_BOUND_MS {
+            return Err(format!("an update has waited {} ms for the standby to register it", self.unregistered_ms));
+        }
+        match self.peer_silent_ms {
+            Some(ms) if ms <= REGISTRATION_BOUND_MS => {}
+            Some(ms) => return Err(format!("the standby has been silent for {ms} ms")),
+            None => return Err("the link to the standby is down".into()),
+        }
+        if self.lag > CURRENT_LAG {
+            return Err(format!("the standby lags by {} updates", self.lag));
+        }
+        Ok(())
+    }
 }
 
 /// The peer as an agent sees it over the link.

@@ -91,7 +91,7 @@ async fn switchover_under_load_loses_nothing_and_stale_epochs_are_refused() {
     assert!(matches!(&refused, ControlReply::Error { message } if message.contains("stale")), "{refused:?}");
 
     let targets = vec![(a.name.clone(), a.channel.clone()), (b.name.clone(), b.channel.clone())];
-    let w = Workload::start(targets, a.name.clone());
+    let w = Workload::start(targets, a.name.clone(), "r1", None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Switch over while work units flow: old active demotes (flushing), new active steps it up.
     assert!(matches!(set_role(&a, Role::Standby, 3).await, ControlReply::Done { .. }));

@@ -82,7 +82,9 @@ impl Drop for RunGuard {
                 eprintln!("--- qemu log ---\n{}", hitless::process::tail(&self.run.qemu_log(p), 10));
             }
         }
-        testbed::down(&self.run, &Events::new());
+        if let Err(e) = testbed::down(&self.run, &Events::new()) {
+            eprintln!("tearing down {}: {e}", self.run.root.display());
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use hitless::events::Events;
 use hitless::machine::Machines;
 use hitless::pair::ProcId;
 use hitless::process;
-use hitless::testbed::{self, Testbed};
+use hitless::testbed::{self, Access, Testbed};
 use hitless_protocol::Role;
 use hitless_tests::{config, up, RunGuard};
 use std::time::{Duration, Instant};
@@ -42,19 +42,20 @@ async fn pair_boots_sees_itself_and_goes_down_clean() {
     assert_eq!(standby.replication.stepups, 1);
 
     // Re-attach as a later command would.
-    let again = Testbed::attach(guard.run.clone(), Events::new()).unwrap();
+    let again = Testbed::attach(guard.run.clone(), Events::new(), Access::Observe).unwrap();
     assert_eq!(again.epoch(), 2);
 
     let pids: Vec<u32> = guard.run.pid_files().iter().filter_map(|p| process::read_pid(p)).collect();
     assert_eq!(pids.len(), 4, "two QEMUs and two vsock daemons");
     assert!(pids.iter().all(|p| process::alive(*p)));
-    let stopped = testbed::down(&guard.run, &Events::new());
+    drop(tb);
+    let stopped = testbed::down(&guard.run, &Events::new()).unwrap();
     assert_eq!(stopped, 4);
     // Before anything here calls alive() (which reaps): down itself must have reaped.
     assert_eq!(process::zombie_children(), Vec::<u32>::new(), "down left unreaped children");
     assert!(pids.iter().all(|p| !process::alive(*p)), "a process outlived down");
     assert!(!guard.run.root.exists(), "run directory left behind");
-    assert_eq!(testbed::down(&guard.run, &Events::new()), 0, "down is idempotent");
+    assert_eq!(testbed::down(&guard.run, &Events::new()).unwrap(), 0, "down is idempotent");
 }
 
 /// Wait up to 10 s for the active's replication to satisfy `cond`.
@@ -100,7 +101,7 @@ async fn down_cleans_up_after_a_dead_orchestrator_and_a_dead_vm() {
     tb.machines().kill(ProcId::SECOND).await;
     drop(tb);
     let pids: Vec<u32> = guard.run.pid_files().iter().filter_map(|p| process::read_pid(p)).collect();
-    testbed::down(&guard.run, &Events::new());
+    testbed::down(&guard.run, &Events::new()).unwrap();
     assert!(pids.iter().all(|p| !process::alive(*p)));
     assert!(!guard.run.root.exists());
 }

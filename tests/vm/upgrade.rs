@@ -125,7 +125,7 @@ async fn mixed_pair_replicates_both_ways_and_refuses_the_feature() {
         assert!(tb.agents().status(p).await.unwrap().hello.enabled.is_empty(), "{p:?}");
     }
 
-    let w = hitless::workload::Workload::start(tb.agents().targets(), "p121".into());
+    let w = hitless::workload::Workload::start(tb.agents().targets(), "p121".into(), "mixed", None);
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     // 1.0.0 -> 2.0.0, then switch: 2.0.0 -> 1.0.0.
     tb.set_role(P121, Role::Standby).await.unwrap();

@@ -2,7 +2,7 @@
 //! agent binary and its manifest — a build of the bundled agent with the
 //! version's Cargo features, or a prebuilt binary the config names.
 
-use super::{io, publish, run, scratch, set_mode, short, write, ImageError};
+use super::{cached, io, publish, record_checksum, run, scratch, set_mode, short, write, ImageError};
 use crate::config::{Config, Version};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ pub fn app_image(cfg: &Config, version: &str) -> Result<AppImage, ImageError> {
     h.update(&manifest_out);
     let path = cfg.cache_dir.join(format!("app-{version}-{}.ext4", short(h)));
     let img = AppImage { version: version.to_string(), path: path.clone(), manifest };
-    if path.is_file() {
+    if cached(&path) {
         return Ok(img);
     }
     tracing::info!("building app disk {}", path.display());
@@ -57,6 +57,9 @@ pub fn app_image(cfg: &Config, version: &str) -> Result<AppImage, ImageError> {
         .arg(&root)
         .arg(&file)
         .arg(format!("{size_mib}M")))?;
+    record_checksum(&file)?;
+    // The checksum first: an image in place without one is rebuilt, never trusted.
+    std::fs::rename(super::checksum_file(&file), super::checksum_file(&path)).map_err(io(&path))?;
     publish(&file, &path)?;
     Ok(img)
 }

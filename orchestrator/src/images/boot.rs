@@ -2,7 +2,9 @@
 //! The initramfs holds busybox, the kernel modules the devices need (resolved
 //! from `modules.dep`) and the init of `images/init.sh`.
 
-use super::{hash_files, io, publish, recipe, run, scratch, set_mode, short, write, ImageError};
+use super::{
+    cached, hash_files, io, publish, recipe, record_checksum, run, scratch, set_mode, short, write, ImageError,
+};
 use crate::config::Config;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -101,7 +103,7 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     hash_files(&mut h, &mod_files)?;
     let dir = cfg.cache_dir.join(format!("boot-{}", short(h)));
     let img = BootImage { kernel: dir.join("kernel"), initrd: dir.join("initramfs.cpio") };
-    if img.initrd.is_file() && img.kernel.is_file() {
+    if cached(&img.initrd) && cached(&img.kernel) {
         return Ok(img);
     }
     tracing::info!("building boot image {}", dir.display());
@@ -154,6 +156,12 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
             tracing::info!("no PVH-bootable vmlinux in {}; booting the bzImage", vmlinuz.display());
             write(&out_dir.join("kernel"), &bz)?;
         }
+    }
+    record_checksum(&out_dir.join("kernel"))?;
+    record_checksum(&out_dir.join("initramfs.cpio"))?;
+    if dir.exists() {
+        // A build from before checksums were recorded: replaced whole.
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
     publish(&out_dir, &dir)?;
     Ok(img)

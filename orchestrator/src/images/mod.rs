@@ -69,6 +69,14 @@ pub enum ImageError {
         /// The versions it defines.
         known: String,
     },
+    /// An image no longer matches the checksum recorded when it was built.
+    #[error("{} is corrupt: {detail} (rebuild it: delete it and run `make images`)", path.display())]
+    Corrupt {
+        /// The image.
+        path: PathBuf,
+        /// What differs.
+        detail: String,
+    },
     /// The agent's manifest could not be read.
     #[error("agent {} did not print a valid manifest: {detail}", path.display())]
     Manifest {
@@ -83,6 +91,49 @@ pub fn build_all(cfg: &Config) -> Result<(BootImage, Vec<AppImage>), ImageError>
     let boot = boot_image(cfg)?;
     let apps = cfg.versions.keys().map(|v| app_image(cfg, v)).collect::<Result<Vec<_>, _>>()?;
     Ok((boot, apps))
+}
+
+/// Where the checksum recorded when `image` was built is kept.
+pub fn checksum_file(image: &Path) -> PathBuf {
+    let mut name = image.file_name().unwrap_or_default().to_os_string();
+    name.push(".sha256");
+    image.with_file_name(name)
+}
+
+fn sha256_of(path: &Path) -> Result<String, ImageError> {
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Record `image`'s checksum beside it (at build time, before it is published).
+fn record_checksum(image: &Path) -> Result<(), ImageError> {
+    let sum = sha256_of(image)?;
+    crate::rundir::write_atomic(&checksum_file(image), format!("{sum}\n").as_bytes()).map_err(io(image))
+}
+
+/// Check that `image` exists and still matches the checksum recorded when it was built.
+pub fn verify(image: &Path) -> Result<(), ImageError> {
+    if !image.is_file() {
+        return Err(ImageError::Missing { what: "image", path: image.to_path_buf() });
+    }
+    let sums = checksum_file(image);
+    let want = std::fs::read_to_string(&sums).map_err(|_| ImageError::Corrupt {
+        path: image.to_path_buf(),
+        detail: format!("no checksum at {}", sums.display()),
+    })?;
+    let got = sha256_of(image)?;
+    if want.trim() != got {
+        let detail = format!("sha256 {got}, recorded at build {}", want.trim());
+        return Err(ImageError::Corrupt { path: image.to_path_buf(), detail });
+    }
+    Ok(())
+}
+
+/// Whether a cached image is complete: there, with its checksum (older caches have none: rebuilt).
+fn cached(image: &Path) -> bool {
+    image.is_file() && checksum_file(image).is_file()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -144,6 +195,22 @@ fn publish(from: &Path, to: &Path) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_image_fails_its_checksum() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let img = d.path().join("app-2.0.0-abc.ext4");
+        std::fs::write(&img, vec![7u8; 4096]).unwrap_or_default();
+        assert!(matches!(verify(&img), Err(ImageError::Corrupt { .. })), "no checksum recorded yet");
+        record_checksum(&img).unwrap_or_else(|e| panic!("{e}"));
+        assert!(verify(&img).is_ok());
+        // Truncated, as a full disk or an interrupted copy leaves it.
+        std::fs::write(&img, vec![7u8; 1024]).unwrap_or_default();
+        let e = verify(&img).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("app-2.0.0-abc.ext4 is corrupt: sha256"), "{e}");
+        std::fs::remove_file(&img).unwrap_or_default();
+        assert!(matches!(verify(&img), Err(ImageError::Missing { .. })));
+    }
 
     #[test]
     fn recipe_lists_skip_comments_and_blank_lines() {

@@ -83,6 +83,8 @@ pub struct Diagnostics {
     pub cause: Option<String>,
     /// The output to read, labelled (console tail, QEMU log tail, exit reason).
     pub detail: String,
+    /// The console log, if the machine has one.
+    pub console: Option<std::path::PathBuf>,
 }
 
 /// What went wrong with a machine.
@@ -119,6 +121,9 @@ pub enum MachineError {
 pub trait Machines {
     /// Resolve a configured version to what this backend runs (built once and cached).
     fn software(&self, version: &str) -> Result<Software, crate::error::Error>;
+    /// Before anything leaves service: check that the host can run `versions`
+    /// and that every image they boot is there and intact. Returns what was checked.
+    fn preflight(&self, versions: &[&str]) -> Result<Vec<String>, crate::error::Error>;
     /// Start the helpers the pair needs for its whole life (vsock daemons), before any processor.
     async fn provision(&self) -> Result<(), MachineError>;
     /// Start processor `p` running `sw`; `boot` counts its starts (it names the overlay).
@@ -166,6 +171,9 @@ macro_rules! dispatch {
 impl Machines for Backend {
     fn software(&self, version: &str) -> Result<Software, crate::error::Error> {
         dispatch!(self, b => b.software(version))
+    }
+    fn preflight(&self, versions: &[&str]) -> Result<Vec<String>, crate::error::Error> {
+        dispatch!(self, b => b.preflight(versions))
     }
     async fn provision(&self) -> Result<(), MachineError> {
         dispatch!(self, b => b.provision().await)

@@ -37,6 +37,10 @@ pub struct Journal {
     /// The step whose failure or verdict led to the fallback, if one is under way.
     #[serde(default)]
     pub fallback_from: Option<Step>,
+    /// The id of every run (of `hitless upgrade`, `--resume`, `rollback`) that
+    /// worked on this upgrade, oldest first: their histories are checked together.
+    #[serde(default)]
+    pub runs: Vec<String>,
 }
 
 /// Where to continue an upgrade whose journal says `j`.
@@ -117,7 +121,7 @@ mod tests {
             second: "p122".into(),
             evaluation_ms: 1,
         };
-        Journal { plan, step, outcome, fallback_from: None }
+        Journal { plan, step, outcome, fallback_from: None, runs: vec!["r1".into()] }
     }
 
     #[test]

@@ -64,25 +64,33 @@ pub(super) struct Run<'a> {
     pub(super) why: Option<String>,
     /// The step that led to the fallback (for the outcome message).
     pub(super) fallback_from: Option<Step>,
+    /// Every run on this upgrade, this one last (their histories are checked together).
+    pub(super) runs: Vec<String>,
 }
 
 /// Run the upgrade to `to` (or resume it from the journal). Ends in a report
 /// whatever the outcome; an `Err` means the run could not even start.
 pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report, Error> {
-    let (plan, step, fallback_from) = if opts.resume {
+    if opts.resume {
         let j = read_journal(tb.run()).ok_or_else(|| ProcedureError::NoJournal(tb.run().root.clone()))?;
         let at = resume_step(&j)?;
         let phase = if j.outcome.is_some() { "done" } else { "begun" };
         tb.events().progress(format!("resuming from the journal: step {} {phase}, continuing at {at}", j.step));
-        (j.plan, at, j.fallback_from)
-    } else {
-        if let Some(j) = read_journal(tb.run()).filter(|j| !j.step.is_end()) {
-            return Err(ProcedureError::Interrupted { step: j.step }.into());
-        }
-        (plan(tb, to).await?, Step::Initial, None)
-    };
-    let run = Run::start(tb, plan, opts.workload, None, fallback_from)?;
-    Ok(run.drive(step).await)
+        // An evaluation cut short is no verdict: say so, rather than "not acceptable".
+        let why = (j.step == Step::SwitchOverAndEvaluate && j.outcome.is_none())
+            .then(|| "evaluation at step 204 was cut short".to_string());
+        let fallback_from = if why.is_some() { Some(j.step) } else { j.fallback_from };
+        super::preflight(tb, &j.plan).await?;
+        let run = Run::start(tb, j.plan, opts.workload, why, fallback_from, j.runs)?;
+        return Ok(run.drive(at).await);
+    }
+    if let Some(j) = read_journal(tb.run()).filter(|j| !j.step.is_end()) {
+        return Err(ProcedureError::Interrupted { step: j.step }.into());
+    }
+    let plan = plan(tb, to).await?;
+    super::preflight(tb, &plan).await?;
+    let run = Run::start(tb, plan, opts.workload, None, None, Vec::new())?;
+    Ok(run.drive(Step::Initial).await)
 }
 
 /// Roll back to the old version from any step before 207.
@@ -98,7 +106,8 @@ pub async fn rollback(tb: &mut Testbed) -> Result<Report, Error> {
         };
         return Err(ProcedureError::RollbackRefused { to: j.plan.to, what }.into());
     }
-    let run = Run::start(tb, j.plan, true, Some("rollback requested".into()), Some(j.step))?;
+    super::preflight(tb, &j.plan).await?;
+    let run = Run::start(tb, j.plan, true, Some("rollback requested".into()), Some(j.step), j.runs)?;
     Ok(run.drive(Step::Fallback).await)
 }
 
@@ -121,13 +130,18 @@ impl<'a> Run<'a> {
         workload: bool,
         why: Option<String>,
         fallback_from: Option<Step>,
+        mut runs: Vec<String>,
     ) -> Result<Run<'a>, Error> {
         let first = tb.config().proc_id(&plan.first)?;
         let second = first.other();
         tb.software(&plan.to)?;
         tb.software(&plan.from)?;
-        let workload = workload.then(|| Workload::start(tb.agents().targets(), plan.first.clone()));
-        Ok(Run { tb, plan, first, second, workload, switches: Vec::new(), why, fallback_from })
+        let run_id = crate::history::new_run_id();
+        let log = tb.run().history(&run_id);
+        let workload =
+            workload.then(|| Workload::start(tb.agents().targets(), plan.first.clone(), &run_id, Some(&log)));
+        runs.push(run_id);
+        Ok(Run { tb, plan, first, second, workload, switches: Vec::new(), why, fallback_from, runs })
     }
 
     /// Take steps from `step` until an end; report it.
@@ -139,7 +153,8 @@ impl<'a> Run<'a> {
     }
 
     fn journal(&self, step: Step, outcome: Option<Outcome>) {
-        let j = Journal { plan: self.plan.clone(), step, outcome, fallback_from: self.fallback_from };
+        let (plan, runs) = (self.plan.clone(), self.runs.clone());
+        let j = Journal { plan, step, outcome, fallback_from: self.fallback_from, runs };
         if let Err(e) = write_journal(self.tb.run(), &j) {
             // A journal that cannot be written only weakens --resume; the run goes on.
             self.tb.events().progress(format!("journal not written: {}", chain(&e)));
@@ -179,13 +194,26 @@ impl<'a> Run<'a> {
     }
 
     async fn finish(mut self, end: End) -> Report {
-        let history = match self.workload.take() {
-            Some(w) => w.stop().await,
-            None => History::default(),
+        let (history, unwritten) = match self.workload.take() {
+            Some(w) => w.stop_and_report().await,
+            None => (History::default(), None),
         };
-        if let Err(e) = history.write(&self.tb.run().history()) {
-            self.tb.events().progress(format!("history not written: {e}"));
+        if let Some(e) = unwritten {
+            self.tb.events().progress(format!("history not written to the run directory: {e}"));
         }
+        // Earlier runs on this upgrade (killed, or cut short) are checked with this one.
+        let (earlier, this) = self.runs.split_at(self.runs.len().saturating_sub(1));
+        let earlier: Vec<History> =
+            earlier.iter().filter_map(|r| History::read(&self.tb.run().history(r)).ok()).collect();
+        if !earlier.is_empty() {
+            let n: usize = earlier.iter().map(|h| h.acked().len()).sum();
+            self.tb.events().progress(format!(
+                "checking {n} acks of {} earlier run(s) with run {}",
+                earlier.len(),
+                this.join("")
+            ));
+        }
+        let all = History::merged(earlier.into_iter().chain([history.clone()]));
         let mut verdicts = Vec::new();
         let mut gaps = Vec::new();
         if !history.records.is_empty() {
@@ -194,11 +222,15 @@ impl<'a> Run<'a> {
                 self.tb.events().emit(Event::ServiceGap { step: *step, gap_ms });
                 gaps.push((*step, gap_ms));
             }
+        }
+        if !all.records.is_empty() {
             let units = match self.tb.active().await {
                 Some(a) => self.tb.agents().dump(a).await.map(|d| d.1).unwrap_or_default(),
                 None => Vec::new(),
             };
-            verdicts.push(invariants::no_lost_or_double(&history, &units));
+            verdicts.push(invariants::no_lost_or_double(&all, &units));
+        }
+        if !history.records.is_empty() {
             verdicts.push(invariants::workload_served(&history));
         }
         verdicts.push(invariants::never_two_actives(&self.tb.events().entries(), &history, self.switches.len()));

@@ -41,6 +41,12 @@ impl Run<'_> {
         let (from, to) = (self.plan.from.clone(), self.plan.to.clone());
         match step {
             Step::Initial => {
+                let problems = crate::health::assess(&self.tb.status().await);
+                if !problems.is_empty() {
+                    let list = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    let why = format!("the pair is not healthy: {list}; run `hitless repair` first");
+                    return Err(self.refused(first, why));
+                }
                 let a = self.tb.agents().status(first).await?;
                 let s = self.tb.agents().status(second).await?;
                 if a.hello.role != Role::Active || s.hello.role != Role::Standby {
@@ -54,10 +60,6 @@ impl Run<'_> {
                 }
                 if from == to {
                     return Err(self.refused(first, format!("both processors already run {to}")));
-                }
-                if !s.replication.synced || a.replication.simplex {
-                    let why = format!("replication to {} is not current", self.tb.name(second));
-                    return Err(self.refused(first, why));
                 }
                 Ok(Outcome::Done)
             }
@@ -101,10 +103,25 @@ impl Run<'_> {
         }
     }
 
-    /// Take `p` out of service. One that is not running already is: a step
-    /// cut short mid-reload is redone on `--resume` with the processor down.
+    /// Whether the active `active` sees its standby current: the rule before
+    /// any step takes a processor out of service.
+    async fn standby_current(&self, active: ProcId) -> Result<(), Error> {
+        let a = self.tb.agents().status(active).await?;
+        if a.hello.role != Role::Active {
+            return Err(self.refused(active, format!("expected it active, it is {}", a.hello.role)));
+        }
+        a.replication.standby_current().map_err(|why| {
+            let standby = self.tb.name(active.other());
+            self.refused(active, format!("standby {standby} is not current as {} sees it: {why}", self.tb.name(active)))
+        })
+    }
+
+    /// Take `p` out of service, once its partner (the active) sees it current.
+    /// One that is not running already is: a step cut short mid-reload is
+    /// redone on `--resume` with the processor down.
     async fn take_out_of_service(&mut self, p: ProcId) -> Result<(), Error> {
         if self.tb.alive(p) {
+            self.standby_current(p.other()).await?;
             self.tb.set_role(p, Role::OutOfService).await?;
         } else {
             self.tb.events().progress(format!("{} is not running: already out of service", self.tb.name(p)));

@@ -98,7 +98,8 @@ impl QemuPair {
         let cid = self.cfg.processors[p].cid;
         let arg = format!("guest-cid={cid},socket={},uds-path={}", sock.display(), uds.display());
         let log = self.run.vsock_log(name);
-        process::spawn(&self.cfg.vhost_device_vsock, &["--vm".into(), arg], &log, &self.run.vsock_pid(name))?;
+        let pid_file = self.run.vsock_pid(name);
+        process::spawn(&self.cfg.vhost_device_vsock, &["--vm".into(), arg], &log, &pid_file, &self.run.processes())?;
         // QEMU connects to the daemon's socket as it starts: wait for the socket.
         let deadline = Instant::now() + DAEMON_START;
         while !sock.exists() {
@@ -155,6 +156,30 @@ impl Machines for QemuPair {
         Ok(sw)
     }
 
+    fn preflight(&self, versions: &[&str]) -> Result<Vec<String>, Error> {
+        let failed = |check: &str, e: &(dyn std::error::Error + 'static)| Error::Preflight {
+            check: check.to_string(),
+            detail: crate::error::chain(e),
+        };
+        let mut done = Vec::new();
+        self.check_host().map_err(|e| failed("host", &e))?;
+        done.push(format!("QEMU runs ({})", self.cfg.qemu.display()));
+        if self.vsock == Vsock::User {
+            done.push(format!("vsock daemon present ({})", self.cfg.vhost_device_vsock.display()));
+        }
+        let boot = self.boot_image().map_err(|e| failed("boot image", &e))?;
+        for f in [&boot.kernel, &boot.initrd] {
+            images::verify(f).map_err(|e| failed("boot image", &e))?;
+        }
+        done.push(format!("boot image intact ({})", boot.kernel.parent().unwrap_or(&boot.kernel).display()));
+        for v in versions {
+            let sw = self.software(v)?;
+            images::verify(Path::new(&sw.image)).map_err(|e| failed(&format!("image of {v}"), &e))?;
+            done.push(format!("image of {v} intact ({})", sw.image));
+        }
+        Ok(done)
+    }
+
     async fn provision(&self) -> Result<(), MachineError> {
         for p in ProcId::BOTH {
             let dir = self.run.proc_dir(self.name(p));
@@ -202,8 +227,8 @@ impl Machines for QemuPair {
         };
         let console = ConsoleWatch::from_end(&serial);
         let started = Instant::now();
-        let helper =
-            process::spawn(&self.cfg.qemu, &argv::argv(&spec), &self.run.qemu_log(name), &self.run.qemu_pid(name))?;
+        let (log, pid_file) = (self.run.qemu_log(name), self.run.qemu_pid(name));
+        let helper = process::spawn(&self.cfg.qemu, &argv::argv(&spec), &log, &pid_file, &self.run.processes())?;
         Ok(Boot {
             started,
             pid: Some(helper.pid),
@@ -263,6 +288,7 @@ impl Machines for QemuPair {
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(25)..].join("\n");
         Diagnostics {
+            console: Some(serial.clone()),
             cause: console::first_cause(&text),
             detail: format!(
                 "--- last lines of {} ---\n{tail}\n--- {} ---\n{}",

@@ -142,6 +142,17 @@ impl SimPair {
         self.fail_next.lock().unwrap_or_else(|e| e.into_inner()).insert(p);
     }
 
+    /// Pause (`true`) or resume `p` from any thread: all its traffic is held, or released.
+    pub fn hold(&self, p: ProcId, paused: bool) {
+        self.gates[p].running.set(!paused);
+    }
+
+    /// Cut (`false`) or restore `p`'s end of the link, from any thread.
+    pub fn link(&self, p: ProcId, up: bool) {
+        self.gates[p].link_out.set(up);
+        self.gates[p].link_in.set(up);
+    }
+
     /// Stop `p` at once, from any thread (tests inject faults from event sinks, which cannot await).
     pub fn crash(&self, p: ProcId) {
         self.shut(p);
@@ -177,6 +188,14 @@ impl Machines for SimPair {
             image: format!("(simulated: hitless-agent {}{flaw})", build.version),
             artifact: Artifact::InProcess(build),
         })
+    }
+
+    fn preflight(&self, versions: &[&str]) -> Result<Vec<String>, Error> {
+        let mut done = Vec::new();
+        for v in versions {
+            done.push(format!("{v} runs in-process as {}", self.software(v)?.image));
+        }
+        Ok(done)
     }
 
     async fn provision(&self) -> Result<(), MachineError> {
@@ -243,18 +262,17 @@ impl Machines for SimPair {
         if !self.alive(p) {
             return Err(MachineError::NotRunning);
         }
-        self.gates[p].running.set(false);
+        self.hold(p, true);
         Ok(())
     }
 
     async fn resume(&self, p: ProcId) -> Result<(), MachineError> {
-        self.gates[p].running.set(true);
+        self.hold(p, false);
         Ok(())
     }
 
     async fn set_link(&self, p: ProcId, up: bool) -> Result<(), MachineError> {
-        self.gates[p].link_out.set(up);
-        self.gates[p].link_in.set(up);
+        self.link(p, up);
         Ok(())
     }
 
@@ -268,7 +286,7 @@ impl Machines for SimPair {
 
     fn diagnostics(&self, p: ProcId, _boot: Option<&Boot>) -> Diagnostics {
         let why = self.exits.lock().unwrap_or_else(|e| e.into_inner())[p.index()].clone();
-        Diagnostics { cause: why.clone(), detail: why.unwrap_or_default() }
+        Diagnostics { cause: why.clone(), detail: String::new(), console: None }
     }
 
     async fn app_disk(&self, p: ProcId) -> Result<AppDisk, MachineError> {
