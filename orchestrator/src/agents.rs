@@ -187,6 +187,44 @@ impl Agents {
         wait_until(self.timeouts.stepup, STATUS_POLL, probe, expired).await
     }
 
+    /// Wait until the active `active` sees its standby current (attached,
+    /// registering, heard from). Nothing may leave service, and no standby may
+    /// be promoted, before that: the active may have acked work alone.
+    pub async fn wait_seen_current(&self, active: ProcId) -> Result<(), ProcessorError> {
+        let mut why = String::from("no answer");
+        let probe = async || match self.poll_status(active).await {
+            Ok(a) if a.hello.role != Role::Active => {
+                Err(self.refused(active, format!("expected it active, it is {}", a.hello.role)))
+            }
+            Ok(a) => match a.replication.standby_current() {
+                Ok(()) => Ok(Some(())),
+                Err(w) => {
+                    why = w;
+                    Ok(None)
+                }
+            },
+            Err(_) if !(self.alive)(active) => Err(self.refused(active, "its machine is not running".into())),
+            Err(_) => Ok(None),
+        };
+        let expired = || ProcessorError::Timeout {
+            processor: self.names[active].clone(),
+            what: format!("seeing standby {} current", self.names[active.other()]),
+            after: self.timeouts.stepup,
+        };
+        let r = wait_until(self.timeouts.stepup, STATUS_POLL, probe, expired).await;
+        r.map_err(|e| match e {
+            ProcessorError::Timeout { .. } => self.refused(
+                active,
+                format!(
+                    "standby {} is not current as {} sees it: {why}",
+                    self.names[active.other()],
+                    self.names[active]
+                ),
+            ),
+            e => e,
+        })
+    }
+
     /// Wait until each agent sees its peer over the link.
     pub async fn wait_peers_seen(&self) -> Result<(), ProcessorError> {
         for p in ProcId::BOTH {

@@ -7,3 +7,4 @@ mod cli;
 mod faults;
 mod host_pair;
 mod procedure;
+mod verdicts;

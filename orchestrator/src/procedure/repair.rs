@@ -10,6 +10,7 @@
 
 use super::steps::enable_features;
 use crate::error::{chain, Error, ProcessorError};
+use crate::events::Event;
 use crate::health;
 use crate::machine::Machines;
 use crate::pair::ProcId;
@@ -78,9 +79,15 @@ pub async fn repair(tb: &mut Testbed) -> Result<Repaired, Error> {
     let mut seen = Vec::new();
     for p in ProcId::BOTH {
         let s = observe(tb, p).await;
-        if matches!(s, Seen::Dead) && tb.alive(p) {
-            tb.stop(p).await;
-            act(tb, format!("fenced {}: its machine ran but its agent did not answer", tb.name(p)));
+        if matches!(s, Seen::Dead) {
+            if tb.alive(p) {
+                tb.stop(p).await;
+                act(tb, format!("fenced {}: its machine ran but its agent did not answer", tb.name(p)));
+            } else {
+                // Found down: whatever role it had ended with its machine.
+                let processor = tb.name(p).to_string();
+                tb.events().emit(Event::ProcessorStopped { processor, how: "found down".into() });
+            }
         }
         seen.push((p, s));
     }

@@ -103,25 +103,12 @@ impl Run<'_> {
         }
     }
 
-    /// Whether the active `active` sees its standby current: the rule before
-    /// any step takes a processor out of service.
-    async fn standby_current(&self, active: ProcId) -> Result<(), Error> {
-        let a = self.tb.agents().status(active).await?;
-        if a.hello.role != Role::Active {
-            return Err(self.refused(active, format!("expected it active, it is {}", a.hello.role)));
-        }
-        a.replication.standby_current().map_err(|why| {
-            let standby = self.tb.name(active.other());
-            self.refused(active, format!("standby {standby} is not current as {} sees it: {why}", self.tb.name(active)))
-        })
-    }
-
     /// Take `p` out of service, once its partner (the active) sees it current.
     /// One that is not running already is: a step cut short mid-reload is
     /// redone on `--resume` with the processor down.
     async fn take_out_of_service(&mut self, p: ProcId) -> Result<(), Error> {
         if self.tb.alive(p) {
-            self.standby_current(p.other()).await?;
+            self.tb.agents().wait_seen_current(p.other()).await?;
             self.tb.set_role(p, Role::OutOfService).await?;
         } else {
             self.tb.events().progress(format!("{} is not running: already out of service", self.tb.name(p)));
@@ -145,7 +132,12 @@ impl Run<'_> {
     }
 
     /// Make `new` active in place of `old` (old becomes standby), recording the switchover window.
+    /// While `old` runs, `new` is promoted only once `old` sees it current: if
+    /// `old` acked work alone (simplex), promoting `new` would lose it.
     async fn switch_over(&mut self, old: ProcId, new: ProcId, step: Step) -> Result<(), Error> {
+        if self.tb.alive(old) && self.tb.agents().poll_status(old).await.is_ok_and(|s| s.hello.role == Role::Active) {
+            self.tb.agents().wait_seen_current(old).await?;
+        }
         let t0 = self.now();
         if !self.tb.alive(old) {
             // It died on its own (e.g. the new version crashed): that ends its role.
