@@ -20,12 +20,7 @@ fn write_config(dir: &std::path::Path, text: &str) -> String {
 
 /// The shipped config, with its paths made absolute (it is written elsewhere).
 fn good_yaml() -> String {
-    let r = repo().display().to_string();
-    let paths = format!(
-        "paths:\n  kernel_dir: {r}/.tools/kernel\n  cache_dir: {r}/.cache/images\n  \
-         vhost_device_vsock: {r}/.tools/bin/vhost-device-vsock\n  workspace: {r}\nversions:"
-    );
-    std::fs::read_to_string(repo().join("vm-configs/pair.yaml")).unwrap().replace("versions:", &paths)
+    hitless_tests::config_text(&repo().join(".cache/images"))
 }
 
 fn assert_nothing_started(run: &std::path::Path) {

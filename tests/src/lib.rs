@@ -45,6 +45,18 @@ pub fn hitless_bin() -> PathBuf {
     .clone()
 }
 
+/// The shipped config's text with every path absolute (so it can be written
+/// elsewhere) and images cached in `cache_dir`.
+pub fn config_text(cache_dir: &std::path::Path) -> String {
+    let r = repo().display().to_string();
+    let paths = format!(
+        "paths:\n  kernel_dir: {r}/.tools/kernel\n  cache_dir: {}\n  \
+         vhost_device_vsock: {r}/.tools/bin/vhost-device-vsock\n  workspace: {r}\nversions:",
+        cache_dir.display()
+    );
+    std::fs::read_to_string(repo().join("vm-configs/pair.yaml")).unwrap().replace("versions:", &paths)
+}
+
 /// `hitless ARGS` with the shipped config.
 pub fn hitless(args: &[&str]) -> Command {
     let mut c = Command::new(hitless_bin());

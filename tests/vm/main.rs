@@ -4,3 +4,4 @@
 
 mod testbed;
 mod upgrade;
+mod verdicts;

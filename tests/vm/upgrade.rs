@@ -7,7 +7,7 @@
 
 use hitless::pair::ProcId;
 use hitless::procedure::{self, End, Options, Report};
-use hitless::testbed::Testbed;
+use hitless::testbed::{Access, Testbed};
 use hitless_protocol::{ControlRequest, Role, FEATURE_PRIORITY};
 use hitless_tests::{assert_invariants, condensed, hitless, repo, up, RunGuard};
 
@@ -147,7 +147,8 @@ async fn mixed_pair_replicates_both_ways_and_refuses_the_feature() {
 #[tokio::test]
 async fn a_killed_upgrade_resumes_from_its_journal() {
     let guard = RunGuard::new();
-    let tb = up(&guard).await;
+    // `up` as its own command would: this process holds the pair no longer.
+    drop(up(&guard).await);
     let cmd = |args: &[&str]| {
         let mut c = hitless(args);
         c.arg("--run-dir").arg(&guard.run.root);
@@ -185,6 +186,7 @@ async fn a_killed_upgrade_resumes_from_its_journal() {
     assert!(err.contains("resuming from the journal: step 203 begun, continuing at 203"), "{err}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("summary (completed)") && !stdout.contains("FAIL"), "{stdout}");
+    let tb = Testbed::attach(guard.run.clone(), hitless::events::Events::new(), Access::Observe).unwrap();
     for p in ProcId::BOTH {
         let s = tb.agents().status(p).await.unwrap();
         assert_eq!(s.hello.version, "2.0.0", "{p:?}");
