@@ -16,4 +16,8 @@ ip link set lo up
 echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
 ip link set eth0 up || echo "init: no link NIC (eth0)"
 [ -x /app/hitless-agent ] || { echo "init: no agent on the app disk (/app/hitless-agent)"; poweroff -f; }
-exec /app/hitless-agent --from-cmdline
+/app/hitless-agent --from-cmdline
+echo "init: the agent exited (status $?)"
+# The machine stays up, as an OS whose application died would: the
+# orchestrator sees the agent gone and fences the machine itself.
+while :; do sleep 3600; done

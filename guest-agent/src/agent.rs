@@ -252,12 +252,13 @@ impl Agent {
         Self::send_peer(c, msg);
     }
 
-    /// The deliberate flaw of the `crash` test image: exit shortly after becoming active.
-    fn crash_soon(&self) {
+    /// Exit after `delay` (a crash): the deliberate flaw of the `crash` test
+    /// image, and the fault a control request injects.
+    pub fn crash_after(&self, delay: Duration) {
         let crashed = self.crashed.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            eprintln!("hitless-agent: deliberate crash (test image 2.0.0-crash)");
+            tokio::time::sleep(delay).await;
+            eprintln!("hitless-agent: crashing now");
             // A permit is stored if nobody waits yet, so the crash is never missed.
             crashed.notify_one();
         });
@@ -280,7 +281,8 @@ impl Agent {
                     c.standby_attached = false;
                     c.registered = None;
                     if self.build.flaw == Some(Flaw::Crash) {
-                        self.crash_soon();
+                        eprintln!("hitless-agent: deliberate crash soon (test image 2.0.0-crash)");
+                        self.crash_after(Duration::from_millis(800));
                     }
                 }
                 Role::Standby | Role::OutOfService => {

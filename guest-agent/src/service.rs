@@ -92,6 +92,11 @@ async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
             ControlReply::Evaluation(agent.evaluate(Duration::from_millis(window_ms.min(600_000))).await)
         }
         ControlRequest::Dump => agent.dump(),
+        ControlRequest::Crash => {
+            tracing::warn!("crashing on request (fault injection)");
+            agent.crash_after(Duration::from_millis(20));
+            done(agent)
+        }
     }
 }
 

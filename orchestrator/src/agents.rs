@@ -3,11 +3,12 @@
 //! waits that are defined by what the agents report (a standby current, the
 //! peers seeing each other). Every call names the processor in its error.
 
-use crate::channel::{AgentClient, Channel};
+use crate::channel::{AgentClient, Channel, ChannelError};
 use crate::error::ProcessorError;
+use crate::machine::Reach;
 use crate::pair::{Pair, ProcId};
 use crate::wait::{wait_until, Timeouts, STATUS_POLL};
-use hitless_protocol::{ControlReply, ControlRequest, Evaluation, Hello, Role, Status, WorkUnit};
+use hitless_protocol::{ControlReply, ControlRequest, Evaluation, Hello, Role, Status, WorkUnit, CONTROL_PORT};
 use std::time::{Duration, Instant};
 
 /// How long an agent may take over a role command before answering: it may
@@ -16,8 +17,8 @@ const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(11);
 /// Between attempts at an unanswered request.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// Whether a processor's machine runs: retrying a request to a dead one is pointless.
-pub type Liveness = std::sync::Arc<dyn Fn(ProcId) -> bool + Send + Sync>;
+/// Whether a processor's agent may be dialled now (from the machine backend).
+pub type Reachability = std::sync::Arc<dyn Fn(ProcId) -> Reach + Send + Sync>;
 
 /// The two agents as the host reaches them.
 #[derive(Clone)]
@@ -25,13 +26,13 @@ pub struct Agents {
     names: Pair<String>,
     channels: Pair<Channel>,
     timeouts: Timeouts,
-    alive: Liveness,
+    reach: Reachability,
 }
 
 impl Agents {
-    /// The agents called `names`, reached through `channels`; `alive` says whose machine runs.
-    pub fn new(names: Pair<String>, channels: Pair<Channel>, timeouts: Timeouts, alive: Liveness) -> Self {
-        Agents { names, channels, timeouts, alive }
+    /// The agents called `names`, reached through `channels`; `reach` says whom to dial.
+    pub fn new(names: Pair<String>, channels: Pair<Channel>, timeouts: Timeouts, reach: Reachability) -> Self {
+        Agents { names, channels, timeouts, reach }
     }
 
     /// How the host reaches `p`'s agent.
@@ -56,6 +57,13 @@ impl Agents {
         timeout: Duration,
     ) -> Result<ControlReply, ProcessorError> {
         let unreachable = |source| ProcessorError::Unreachable { processor: self.names[p].clone(), source };
+        let not_dialled = |detail: &str| ChannelError::Connect { port: CONTROL_PORT, detail: detail.into() };
+        match (self.reach)(p) {
+            Reach::Down => return Err(unreachable(not_dialled("its machine is not running"))),
+            Reach::AgentGone => return Err(unreachable(not_dialled("its agent exited (its machine still runs)"))),
+            Reach::Paused => return Err(unreachable(not_dialled("its machine is paused (not dialled until it runs)"))),
+            Reach::Up => {}
+        }
         let mut c = AgentClient::connect(&self.channels[p]).await.map_err(unreachable)?;
         match c.request(req, timeout).await.map_err(unreachable)? {
             ControlReply::Error { message } => Err(self.refused(p, message)),
@@ -77,6 +85,8 @@ impl Agents {
             | ControlRequest::Dump
             | ControlRequest::EnableFeature { .. }
             | ControlRequest::DisableFeature { .. } => (quick, true),
+            // A crash is answered before the agent exits; asked again, there is nobody left to answer.
+            ControlRequest::Crash => (quick, false),
             // The agent may wait for its peer's hello, or flush its in-flight updates, first.
             ControlRequest::SetRole { .. } => (ROLE_CHANGE_WAIT + quick, true),
             ControlRequest::Evaluate { window_ms } => {
@@ -93,7 +103,9 @@ impl Agents {
         loop {
             match self.request(p, &req, attempt).await {
                 Err(e @ ProcessorError::Unreachable { .. })
-                    if retry && (self.alive)(p) && Instant::now() + RETRY_PAUSE < deadline =>
+                    if retry
+                        && matches!((self.reach)(p), Reach::Up | Reach::Paused)
+                        && Instant::now() + RETRY_PAUSE < deadline =>
                 {
                     tracing::debug!("{}: retrying {req:?}: {e}", self.names[p]);
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -203,7 +215,9 @@ impl Agents {
                     Ok(None)
                 }
             },
-            Err(_) if !(self.alive)(active) => Err(self.refused(active, "its machine is not running".into())),
+            Err(_) if matches!((self.reach)(active), Reach::Down | Reach::AgentGone) => {
+                Err(self.refused(active, "its machine or its agent is not running".into()))
+            }
             Err(_) => Ok(None),
         };
         let expired = || ProcessorError::Timeout {

@@ -80,6 +80,10 @@ impl RunDir {
     pub fn serial(&self, p: &str) -> PathBuf {
         self.f(p, "serial.log")
     }
+    /// Present while a processor's machine is paused (no hitless process dials it then).
+    pub fn paused(&self, p: &str) -> PathBuf {
+        self.f(p, "paused")
+    }
     /// QEMU stdout/stderr.
     pub fn qemu_log(&self, p: &str) -> PathBuf {
         self.f(p, "qemu.log")

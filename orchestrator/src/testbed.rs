@@ -104,8 +104,8 @@ impl Testbed {
         let names = cfg.processors.map(|_, p| p.name.clone());
         let machines = std::sync::Arc::new(machines);
         let probe = machines.clone();
-        let alive: crate::agents::Liveness = std::sync::Arc::new(move |p| probe.alive(p));
-        let agents = Agents::new(names, Pair::from_fn(|p| machines.channel(p)), timeouts, alive);
+        let reach: crate::agents::Reachability = std::sync::Arc::new(move |p| probe.reach(p));
+        let agents = Agents::new(names, Pair::from_fn(|p| machines.channel(p)), timeouts, reach);
         Testbed { cfg, run, state, machines, agents, events, timeouts, lock }
     }
 
@@ -343,12 +343,16 @@ impl Testbed {
         /// Why a boot wait ended without an answer.
         enum NoAnswer {
             Died,
+            AgentExited(String),
             Expired,
         }
         let budget = self.timeouts.boot.saturating_sub(boot.started.elapsed());
         let probe = async || {
             if !self.alive(p) {
                 return Err(NoAnswer::Died);
+            }
+            if let Some(line) = self.machines.agent_gone(p) {
+                return Err(NoAnswer::AgentExited(line));
             }
             if !boot.may_connect() {
                 return Ok(None);
@@ -358,6 +362,9 @@ impl Testbed {
         let h = match wait_until(budget, BOOT_POLL, probe, || NoAnswer::Expired).await {
             Ok(h) => h,
             Err(NoAnswer::Died) => return Err(self.boot_error(p, boot, "its machine exited during boot".into())),
+            Err(NoAnswer::AgentExited(line)) => {
+                return Err(self.boot_error(p, boot, format!("its agent exited during boot ({line})")))
+            }
             Err(NoAnswer::Expired) => {
                 let why = format!("its agent did not answer within {:?}", self.timeouts.boot);
                 return Err(self.boot_error(p, boot, why));

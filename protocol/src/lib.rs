@@ -346,6 +346,9 @@ pub enum ControlRequest {
     },
     /// Every work unit, for the history check.
     Dump,
+    /// Fault injection: the agent exits at once (its machine stays up), as an
+    /// application that crashed would. Answered before it exits.
+    Crash,
 }
 
 /// Replication state as seen by one agent.

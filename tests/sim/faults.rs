@@ -64,3 +64,23 @@ async fn a_killed_processor_is_gone() {
     assert!(s.tb.agents().status(STANDBY).await.is_err());
     until_active(&s.tb, "simplex", |r| r.simplex).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_agent_leaves_its_machine_up_and_is_not_dialled_again() {
+    use hitless::machine::Reach;
+    use hitless_protocol::ControlRequest;
+    let s = sim().await;
+    s.tb.agents().request(STANDBY, &ControlRequest::Crash, Duration::from_secs(2)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.tb.machines().reach(STANDBY) != Reach::AgentGone {
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(s.tb.machines().alive(STANDBY), "the machine went down with its application");
+    assert!(s.tb.machines().agent_gone(STANDBY).is_some_and(|why| why.contains("Crashed")));
+    // Nothing to dial and nothing to retry: the refusal is immediate.
+    let t = Instant::now();
+    let e = s.tb.agents().status(STANDBY).await.err().unwrap().to_string();
+    assert!(t.elapsed() < Duration::from_millis(200) && e.contains("agent unreachable"), "{e} after {:?}", t.elapsed());
+    until_active(&s.tb, "simplex", |r| r.simplex).await;
+}

@@ -109,8 +109,13 @@ async fn down_cleans_up_after_a_dead_orchestrator_and_a_dead_vm() {
 #[tokio::test]
 async fn second_up_in_the_same_run_dir_is_refused_and_changes_nothing() {
     let guard = RunGuard::new();
-    let _tb = up(&guard).await;
+    let tb = up(&guard).await;
     let before: Vec<u32> = guard.run.pid_files().iter().filter_map(|p| process::read_pid(p)).collect();
+    // While the first command holds the pair: busy.
+    let err = Testbed::up(config(), guard.run.clone(), Events::new()).await.err().unwrap();
+    assert!(matches!(err, Error::Environment(EnvironmentError::Busy { .. })), "{err}");
+    // Once it is done: already up.
+    drop(tb);
     let err = Testbed::up(config(), guard.run.clone(), Events::new()).await.err().unwrap();
     assert!(matches!(err, Error::Environment(EnvironmentError::AlreadyUp(_))), "{err}");
     let after: Vec<u32> = guard.run.pid_files().iter().filter_map(|p| process::read_pid(p)).collect();

@@ -115,6 +115,20 @@ pub enum MachineError {
     NotRunning,
 }
 
+/// Whether a processor's agent may be dialled now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Its machine does not run: nothing to dial, nothing to retry.
+    Down,
+    /// Its machine runs but its agent exited (crashed): nothing to dial either.
+    AgentGone,
+    /// Its machine is paused: never dial it then — a vsock connection opened
+    /// to a paused guest wedges vhost-device-vsock for that guest for 40 s and more.
+    Paused,
+    /// Its machine runs.
+    Up,
+}
+
 /// The operations every backend offers.
 // `async fn` in a public trait: only ever used with static dispatch (through `Backend`).
 #[allow(async_fn_in_trait)]
@@ -140,6 +154,10 @@ pub trait Machines {
     async fn set_link(&self, p: ProcId, up: bool) -> Result<(), MachineError>;
     /// Whether `p`'s machine runs (a paused one does).
     fn alive(&self, p: ProcId) -> bool;
+    /// Whether `p`'s agent may be dialled now (cheap: no round trip to the machine).
+    fn reach(&self, p: ProcId) -> Reach;
+    /// If `p`'s agent exited while its machine runs (a crash), what it left to say so.
+    fn agent_gone(&self, p: ProcId) -> Option<String>;
     /// How the host reaches `p`'s agent.
     fn channel(&self, p: ProcId) -> Channel;
     /// What `p` left to explain a failure (since `boot` if given).
@@ -198,6 +216,12 @@ impl Machines for Backend {
     }
     fn alive(&self, p: ProcId) -> bool {
         dispatch!(self, b => b.alive(p))
+    }
+    fn reach(&self, p: ProcId) -> Reach {
+        dispatch!(self, b => b.reach(p))
+    }
+    fn agent_gone(&self, p: ProcId) -> Option<String> {
+        dispatch!(self, b => b.agent_gone(p))
     }
     fn channel(&self, p: ProcId) -> Channel {
         dispatch!(self, b => b.channel(p))

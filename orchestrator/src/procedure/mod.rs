@@ -9,6 +9,7 @@
 //! | [`repair`] | back to one active and one current standby after a processor died |
 //! | `run` | the one loop that drives steps for upgrade, resume and rollback; the report |
 //! | `steps` | what each step does to the pair, the evaluation and the fallback |
+//! | [`watch`] | noticing that the active is lost, for an unplanned failover |
 
 pub mod journal;
 pub mod preflight;
@@ -16,6 +17,7 @@ pub mod repair;
 mod run;
 mod steps;
 pub mod table;
+pub mod watch;
 
 pub use journal::{describe_plan, plan, read_journal, resume_step, Journal, Plan};
 pub use preflight::preflight;

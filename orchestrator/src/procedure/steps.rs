@@ -7,6 +7,7 @@ use super::run::Run;
 use super::table::{Outcome, Step};
 use crate::error::{chain, Error, ProcessorError};
 use crate::events::Event;
+use crate::machine::Machines;
 use crate::pair::ProcId;
 use crate::testbed::Testbed;
 use hitless_protocol::{FeatureSet, Role};
@@ -143,6 +144,12 @@ impl Run<'_> {
             // It died on its own (e.g. the new version crashed): that ends its role.
             let processor = self.tb.name(old).to_string();
             self.tb.events().emit(Event::ProcessorStopped { processor, how: "crashed (its machine exited)".into() });
+        } else if let Some(line) = self.tb.machines().agent_gone(old) {
+            // Its agent crashed while its machine runs: fence the machine before anything else becomes active.
+            self.tb
+                .events()
+                .progress(format!("{}'s agent exited ({line}); fencing it by stopping its machine", self.tb.name(old)));
+            self.tb.stop(old).await;
         } else if let Err(e) = self.tb.set_role(old, Role::Standby).await {
             // It does not obey (its agent died while its machine is still going down, or it
             // refused): fence it — stop its machine — before anything else becomes active.

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 /// What the agent prints on the console once its vsock services listen.
 pub const LISTENING_MARK: &str = ") listening";
+/// What the guest's init prints when the agent has exited (the machine stays up).
+pub const AGENT_EXITED_MARK: &str = "init: the agent exited";
 
 /// Follows a serial log from an offset, reading only what was appended since the last look.
 #[derive(Debug)]
@@ -40,6 +42,14 @@ impl ConsoleWatch {
             }
         }
         self.text.contains(mark)
+    }
+
+    /// The line holding `mark`, once the console has shown it.
+    pub fn line_with(&mut self, mark: &str) -> Option<String> {
+        if !self.saw(mark) {
+            return None;
+        }
+        self.text.lines().find(|l| l.contains(mark)).map(|l| l.trim().to_string())
     }
 }
 

@@ -8,7 +8,7 @@ pub mod argv;
 pub mod console;
 pub mod qmp;
 
-use super::{AppDisk, Artifact, Boot, Diagnostics, MachineError, Machines, Software};
+use super::{AppDisk, Artifact, Boot, Diagnostics, MachineError, Machines, Reach, Software};
 use crate::channel::Channel;
 use crate::config::Config;
 use crate::error::{EnvironmentError, Error};
@@ -40,6 +40,8 @@ pub struct QemuPair {
     boot: OnceLock<BootImage>,
     /// Versions resolved so far: resolving builds images and runs the agent for its manifest.
     software: Mutex<BTreeMap<String, Software>>,
+    /// Each guest's console since its last start (or since this command attached): says when its agent exited.
+    consoles: Mutex<[Option<ConsoleWatch>; 2]>,
 }
 
 /// Is a usable QEMU there?
@@ -57,7 +59,8 @@ pub fn check_qemu(qemu: &Path) -> Result<(), EnvironmentError> {
 impl QemuPair {
     /// The pair of `cfg` in `run`, on `accel` and `vsock` (nothing is started).
     pub fn new(cfg: Config, run: RunDir, accel: Accel, vsock: Vsock) -> Self {
-        QemuPair { cfg, run, accel, vsock, boot: OnceLock::new(), software: Mutex::new(BTreeMap::new()) }
+        let consoles = Mutex::new([None, None]);
+        QemuPair { cfg, run, accel, vsock, boot: OnceLock::new(), software: Mutex::new(BTreeMap::new()), consoles }
     }
 
     /// Check that the host can run this pair: QEMU, and the vsock daemon when it is needed.
@@ -225,7 +228,9 @@ impl Machines for QemuPair {
             agent_log: agent_log.as_deref(),
             vsock: &vsock,
         };
+        let _ = std::fs::remove_file(self.run.paused(name));
         let console = ConsoleWatch::from_end(&serial);
+        self.consoles.lock().unwrap_or_else(|e| e.into_inner())[p.index()] = Some(ConsoleWatch::from_end(&serial));
         let started = Instant::now();
         let (log, pid_file) = (self.run.qemu_log(name), self.run.qemu_pid(name));
         let helper = process::spawn(&self.cfg.qemu, &argv::argv(&spec), &log, &pid_file, &self.run.processes())?;
@@ -258,11 +263,16 @@ impl Machines for QemuPair {
     }
 
     async fn pause(&self, p: ProcId) -> Result<(), MachineError> {
+        // Marked first, so that no hitless process dials it from the moment it stops.
+        let marker = self.run.paused(self.name(p));
+        std::fs::write(&marker, b"").map_err(|source| process::ProcessError::File { path: marker, source })?;
         Ok(self.qmp(p).await?.pause().await?)
     }
 
     async fn resume(&self, p: ProcId) -> Result<(), MachineError> {
-        Ok(self.qmp(p).await?.resume().await?)
+        self.qmp(p).await?.resume().await?;
+        let _ = std::fs::remove_file(self.run.paused(self.name(p)));
+        Ok(())
     }
 
     async fn set_link(&self, p: ProcId, up: bool) -> Result<(), MachineError> {
@@ -271,6 +281,21 @@ impl Machines for QemuPair {
 
     fn alive(&self, p: ProcId) -> bool {
         process::read_pid(&self.run.qemu_pid(self.name(p))).is_some_and(process::alive)
+    }
+
+    fn reach(&self, p: ProcId) -> Reach {
+        match (self.alive(p), self.run.paused(self.name(p)).exists()) {
+            (false, _) => Reach::Down,
+            (true, _) if self.agent_gone(p).is_some() => Reach::AgentGone,
+            (true, true) => Reach::Paused,
+            (true, false) => Reach::Up,
+        }
+    }
+
+    fn agent_gone(&self, p: ProcId) -> Option<String> {
+        let mut consoles = self.consoles.lock().unwrap_or_else(|e| e.into_inner());
+        let watch = consoles[p.index()].get_or_insert_with(|| ConsoleWatch::from_end(&self.run.serial(self.name(p))));
+        watch.line_with(console::AGENT_EXITED_MARK)
     }
 
     fn channel(&self, p: ProcId) -> Channel {

@@ -12,7 +12,7 @@
 
 pub mod net;
 
-use super::{AppDisk, Artifact, Boot, Diagnostics, MachineError, Machines, Software};
+use super::{AppDisk, Artifact, Boot, Diagnostics, MachineError, Machines, Reach, Software};
 use crate::channel::Channel;
 use crate::config::{Config, Version};
 use crate::error::{Error, InputError};
@@ -276,8 +276,25 @@ impl Machines for SimPair {
         Ok(())
     }
 
+    /// The "machine" runs from its start until it is stopped or killed — also
+    /// after its agent exited on its own, as a guest stays up when its
+    /// application crashes.
     fn alive(&self, p: ProcId) -> bool {
-        self.lock()[p.index()].as_ref().is_some_and(|r| !r.thread.is_finished())
+        self.lock()[p.index()].is_some()
+    }
+
+    fn reach(&self, p: ProcId) -> Reach {
+        match (self.alive(p), self.gates[p].running.is_open()) {
+            (false, _) => Reach::Down,
+            (true, _) if self.agent_gone(p).is_some() => Reach::AgentGone,
+            (true, false) => Reach::Paused,
+            (true, true) => Reach::Up,
+        }
+    }
+
+    fn agent_gone(&self, p: ProcId) -> Option<String> {
+        let finished = self.lock()[p.index()].as_ref().is_some_and(|r| r.thread.is_finished());
+        finished.then(|| self.exits.lock().unwrap_or_else(|e| e.into_inner())[p.index()].clone().unwrap_or_default())
     }
 
     fn channel(&self, p: ProcId) -> Channel {
