@@ -70,6 +70,22 @@ pub enum Event {
         /// How: QMP quit, killed, crashed.
         how: String,
     },
+    /// The watch found the active lost (confirmed, before it was fenced).
+    ProcessorLost {
+        /// Processor.
+        processor: String,
+        /// How it was found lost.
+        how: String,
+    },
+    /// An unplanned failover: the lost active's standby was promoted.
+    Failover {
+        /// The processor lost.
+        from: String,
+        /// The processor that took over.
+        to: String,
+        /// From confirming the loss to the new active's promotion.
+        took_ms: u64,
+    },
     /// A procedure step begins.
     StepBegin {
         /// The step of Fig. 6.
@@ -270,6 +286,8 @@ pub fn render(e: &Entry) -> String {
         ),
         Event::Role { processor, role, epoch } => format!("{processor}: now {role} (epoch {epoch})"),
         Event::ProcessorStopped { processor, how } => format!("{processor}: stopped ({how})"),
+        Event::ProcessorLost { processor, how } => format!("{processor}: LOST ({how})"),
+        Event::Failover { from, to, took_ms } => format!("failover: {to} took over from {from} in {took_ms} ms"),
         Event::StepBegin { step, name } => format!("step {step}: {name}"),
         Event::StepFailed { step, why } => format!("step {step} failed: {why}"),
         Event::StepDone { step, pair, took_ms } => {

@@ -15,9 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 pub struct Verdict {
     /// Invariant name.
     pub name: &'static str,
-    /// Held?
+    /// Whether it held.
     pub ok: bool,
+    /// The evidence, either way.
     pub detail: String,
+    /// The request ids that violate it (empty when it held, or when it is not about requests).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub offenders: Vec<String>,
 }
 
 /// Invariant 2: every acked request applied exactly once in the final
@@ -34,7 +38,7 @@ pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
         }
     }
     let acked = history.acked();
-    let lost: Vec<&String> = acked.keys().filter(|id| !applied.contains_key(id.as_str())).collect();
+    let lost: Vec<&str> = acked.keys().map(String::as_str).filter(|id| !applied.contains_key(id)).collect();
     let twice: Vec<&str> = applied.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
     let mut sends: HashMap<&str, usize> = HashMap::new();
     let mut not_ours = Vec::new();
@@ -52,7 +56,6 @@ pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
         format!("{} acked work requests, all applied exactly once", acked.len())
     } else {
         let first = |v: &[&str]| v.iter().take(10).map(|s| s.to_string()).collect::<Vec<_>>();
-        let lost: Vec<&str> = lost.iter().map(|s| s.as_str()).collect();
         format!(
             "{} acked; lost: {:?}; applied twice: {:?}; acked as duplicates of requests this run sent only once \
              (applied by someone else: request ids reused?): {} {:?}",
@@ -63,7 +66,36 @@ pub fn no_lost_or_double(history: &History, units: &[WorkUnit]) -> Verdict {
             first(&not_ours)
         )
     };
-    Verdict { name: "no-acked-work-lost-or-applied-twice", ok, detail }
+    let offenders =
+        lost.iter().copied().chain(twice.iter().copied()).chain(not_ours.iter().copied()).map(str::to_string).collect();
+    Verdict { name: "no-acked-work-lost-or-applied-twice", ok, detail, offenders }
+}
+
+/// Where lost work was acked: of the `lost` request ids, those this run
+/// acked while its active ran simplex (no standby registered them), with the
+/// steps they were acked in (`marks`: when each step began, on the history's
+/// clock). `None` when none of them was.
+pub fn simplex_window(history: &History, lost: &[String], marks: &[(crate::procedure::Step, u64)]) -> Option<String> {
+    let mut steps: Vec<String> = Vec::new();
+    let mut n = 0;
+    for r in history.records.iter().filter(|r| r.kind == Kind::Ack && r.registered == Some(false)) {
+        if !lost.contains(&r.id) {
+            continue;
+        }
+        n += 1;
+        if let Some((step, _)) = marks.iter().rev().find(|(_, t)| *t <= r.t_ms) {
+            let s = step.to_string();
+            if !steps.contains(&s) {
+                steps.push(s);
+            }
+        }
+    }
+    (n > 0).then(|| {
+        format!(
+            "{n} of them acked while the active ran simplex (no standby registered them), at step {}",
+            steps.join(", ")
+        )
+    })
 }
 
 /// How often the processor that acks changes along the history. The workload
@@ -91,7 +123,7 @@ pub fn never_two_actives(entries: &[Entry], history: &History, switchovers: usiz
                 last_epoch = *epoch;
                 roles.insert(processor.clone(), Some(*role));
             }
-            Event::ProcessorStopped { processor, .. } => {
+            Event::ProcessorStopped { processor, .. } | Event::ProcessorLost { processor, .. } => {
                 roles.insert(processor.clone(), None);
             }
             _ => continue,
@@ -111,17 +143,15 @@ pub fn never_two_actives(entries: &[Entry], history: &History, switchovers: usiz
     } else {
         violations.join("; ")
     };
-    Verdict { name: "never-two-actives", ok, detail }
+    Verdict { name: "never-two-actives", ok, detail, offenders: Vec::new() }
 }
 
 /// The workload got work done and none of it was refused as invalid.
 pub fn workload_served(history: &History) -> Verdict {
     let (acked, rejected) = (history.acked().len(), history.rejected());
-    Verdict {
-        name: "workload-served",
-        ok: rejected == 0 && acked > 0,
-        detail: format!("{acked} acked, {rejected} rejected"),
-    }
+    let offenders = history.records.iter().filter(|r| r.kind == Kind::Rejected).map(|r| r.id.clone()).collect();
+    let detail = format!("{acked} acked, {rejected} rejected");
+    Verdict { name: "workload-served", ok: rejected == 0 && acked > 0, detail, offenders }
 }
 
 /// A processor as the agents report it at the end of a run.
@@ -156,7 +186,7 @@ pub fn consistent_final_state(end: End, from: &str, to: &str, pair: &[Final]) ->
         pair.iter().map(|f| f.version.as_str()).collect::<Vec<_>>(),
         want.map_or_else(|| ", run failed".to_string(), |v| format!(", expected both on {v}"))
     );
-    Verdict { name: "consistent-final-state", ok, detail }
+    Verdict { name: "consistent-final-state", ok, detail, offenders: Vec::new() }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::machine::sim::SimPair;
 use crate::machine::{AppDisk, Backend, Boot, Machines, Software};
 use crate::pair::{Pair, ProcId};
 use crate::platform::{self, HostKvm, Platform};
+use crate::procedure::watch::{Designated, Observed, Watch};
 use crate::process;
 use crate::rundir::{ProcState, RunDir, State};
 use crate::wait::{wait_until, Timeouts, BOOT_POLL};
@@ -56,6 +57,10 @@ pub struct Testbed {
     timeouts: Timeouts,
     /// Held while this testbed may change the pair; `None` for a read-only view.
     lock: Option<Lock>,
+    /// The processor this testbed made active (the watch follows it).
+    designated: Designated,
+    /// What the watch saw of it.
+    seen: std::sync::Arc<std::sync::Mutex<Observed>>,
 }
 
 /// Take the run directory's lock for `command`, or say who holds it and where its upgrade is.
@@ -106,7 +111,8 @@ impl Testbed {
         let probe = machines.clone();
         let reach: crate::agents::Reachability = std::sync::Arc::new(move |p| probe.reach(p));
         let agents = Agents::new(names, Pair::from_fn(|p| machines.channel(p)), timeouts, reach);
-        Testbed { cfg, run, state, machines, agents, events, timeouts, lock }
+        let (designated, seen) = (Designated::default(), Default::default());
+        Testbed { cfg, run, state, machines, agents, events, timeouts, lock, designated, seen }
     }
 
     /// Changing the pair needs the lock; a read-only view refuses.
@@ -377,8 +383,34 @@ impl Testbed {
 
     /// Stop `p`'s machine gracefully (bounded), and say so.
     pub async fn stop(&mut self, p: ProcId) {
+        self.undesignate(p);
         let how = self.machines.stop(p).await;
         self.events.emit(Event::ProcessorStopped { processor: self.name(p).into(), how: how.into() });
+    }
+
+    /// Fence `p`: stop its machine at once, so that it can never serve again
+    /// (before anything else is promoted in its place), and say so.
+    pub async fn fence(&mut self, p: ProcId) {
+        self.undesignate(p);
+        self.machines.kill(p).await;
+        self.events.emit(Event::ProcessorStopped { processor: self.name(p).into(), how: "fenced".into() });
+    }
+
+    fn undesignate(&self, p: ProcId) {
+        if self.designated.get() == Some(p) {
+            self.designated.set(None);
+        }
+    }
+
+    /// Tell the watch which processor is active now (when the run starts on a pair it did not make).
+    pub fn designate(&self, p: Option<ProcId>) {
+        self.designated.set(p);
+    }
+
+    /// A watch over the active this testbed designated ([`crate::procedure::watch`]).
+    pub fn watch(&self) -> Watch {
+        let (agents, machines) = (self.agents.clone(), self.machines.clone());
+        Watch::new(agents, machines, self.designated.clone(), self.seen.clone(), self.timeouts.slowdown)
     }
 
     /// Reload `p` with `version`: it goes down and comes back as a fresh
@@ -415,7 +447,16 @@ impl Testbed {
         self.state.epoch += 1;
         let epoch = self.state.epoch;
         self.save()?;
+        // Whatever the watch saw current may not be any more.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).forget();
+        if role != Role::Active {
+            // Its role ends as the command is sent: the watch must not take its demotion for a loss.
+            self.undesignate(p);
+        }
         self.agents.set_role(p, role, epoch).await?;
+        if role == Role::Active {
+            self.designated.set(Some(p));
+        }
         self.events.emit(Event::Role { processor: self.name(p).into(), role, epoch });
         Ok(epoch)
     }
@@ -423,7 +464,21 @@ impl Testbed {
     /// Make `p` standby and wait until its step-up from the other is complete.
     pub async fn make_standby(&mut self, p: ProcId) -> Result<(), Error> {
         self.set_role(p, Role::Standby).await?;
-        Ok(self.agents.wait_standby_current(p).await?)
+        self.wait_standby_current(p).await
+    }
+
+    /// Wait until `standby`'s active sees it current (and tell the watch it did).
+    pub async fn wait_standby_current(&self, standby: ProcId) -> Result<(), Error> {
+        self.agents.wait_standby_current(standby).await?;
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).current_now();
+        Ok(())
+    }
+
+    /// Wait until the active `active` sees its standby current (and tell the watch it did).
+    pub async fn wait_seen_current(&self, active: ProcId) -> Result<(), Error> {
+        self.agents.wait_seen_current(active).await?;
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).current_now();
+        Ok(())
     }
 
     /// The processor whose agent reports itself active, if any.

@@ -4,6 +4,7 @@
 //! bad-input paths (each fails before anything would start).
 
 mod cli;
+mod failover;
 mod faults;
 mod host_pair;
 mod procedure;

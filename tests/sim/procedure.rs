@@ -34,7 +34,8 @@ async fn happy_path_walks_200_to_207() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_acceptable_falls_back_and_so_does_a_crash() {
-    let crashed: &[&str] = &["evaluation request failed", "crashed"];
+    // The crash is seen by the watch over the active (a loss, and a failover), or as a failed evaluation.
+    let crashed: &[&str] = &["was lost", "evaluation request failed", "crashed"];
     for (to, why) in [("2.0.0-bad-eval", &["self-test failed"][..]), ("2.0.0-crash", crashed)] {
         // The crashing build exits 800 ms after becoming active: evaluate past that.
         let mut s = sim_with(|c| c.evaluation_ms = 1200).await;

@@ -172,6 +172,8 @@ pub fn condensed(entries: &[Entry]) -> String {
             Event::Role { processor, role, epoch } => format!("  {processor} -> {role} (epoch {epoch})"),
             Event::ProcessorStarted { processor, version, .. } => format!("  {processor} boots {version}"),
             Event::ProcessorStopped { processor, .. } => format!("  {processor} stopped"),
+            Event::ProcessorLost { processor, .. } => format!("  {processor} LOST"),
+            Event::Failover { from, to, .. } => format!("  failover {from} -> {to}"),
             Event::Evaluation { processor, acceptable, .. } => {
                 format!("  {processor} evaluation acceptable={acceptable}")
             }

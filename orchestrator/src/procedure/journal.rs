@@ -47,6 +47,8 @@ pub struct Journal {
 pub fn resume_step(j: &Journal) -> Result<Step, ProcedureError> {
     match (j.step, j.outcome) {
         (s, _) if s.is_end() => Err(ProcedureError::Ended(s)),
+        // The step was cut short by a lost active (the pair repaired since, or not): redo it.
+        (s, Some(Outcome::FailedOver | Outcome::Lost)) if next(s, Outcome::FailedOver) == Ok(Step::Failed) => Ok(s),
         // The step finished: go where its outcome leads.
         (s, Some(o)) => Ok(next(s, o).unwrap_or(Step::Failed)),
         // An evaluation cut short cannot be trusted: fall back.

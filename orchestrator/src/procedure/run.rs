@@ -6,6 +6,7 @@
 
 use super::journal::{plan, read_journal, resume_step, write_journal, Journal, Plan};
 use super::table::{next, End, Outcome, Step};
+use super::watch::Loss;
 use crate::error::{chain, Error, ProcedureError};
 use crate::events::Event;
 use crate::history::History;
@@ -66,6 +67,10 @@ pub(super) struct Run<'a> {
     pub(super) fallback_from: Option<Step>,
     /// Every run on this upgrade, this one last (their histories are checked together).
     pub(super) runs: Vec<String>,
+    /// When each step began, on the workload's clock (to name where lost work was acked).
+    pub(super) marks: Vec<(Step, u64)>,
+    /// The watch over the active, kept for the whole run.
+    pub(super) watch: super::watch::Watch,
 }
 
 /// Run the upgrade to `to` (or resume it from the journal). Ends in a report
@@ -141,11 +146,16 @@ impl<'a> Run<'a> {
         let workload =
             workload.then(|| Workload::start(tb.agents().targets(), plan.first.clone(), &run_id, Some(&log)));
         runs.push(run_id);
-        Ok(Run { tb, plan, first, second, workload, switches: Vec::new(), why, fallback_from, runs })
+        tb.designate(None);
+        let (marks, watch) = (Vec::new(), tb.watch());
+        Ok(Run { tb, plan, first, second, workload, switches: Vec::new(), why, fallback_from, runs, marks, watch })
     }
 
     /// Take steps from `step` until an end; report it.
     async fn drive(mut self, mut step: Step) -> Report {
+        // The watch follows the active the run finds, and then the ones it makes.
+        let active = self.tb.active().await;
+        self.tb.designate(active);
         while !step.is_end() {
             step = self.step(step).await;
         }
@@ -171,13 +181,34 @@ impl<'a> Run<'a> {
         self.journal(step, None);
         self.tb.events().emit(Event::StepBegin { step, name: step.describe().into() });
         let t = Instant::now();
-        let outcome = match self.execute(step).await {
-            Ok(o) => o,
-            Err(e) => {
+        self.marks.push((step, self.now()));
+        // The step races the watch over the active: a loss cancels the step.
+        let watch = self.watch.clone();
+        let finished = tokio::select! {
+            r = self.execute(step) => Ok(r),
+            loss = watch.loss() => Err(loss),
+        };
+        // A step that ended because its active just died is a loss, not its own failure.
+        let finished = match finished {
+            Ok(r) => match watch.lost_now().await {
+                Some(loss) => Err((loss, r.err())),
+                None => Ok(r),
+            },
+            Err(loss) => Err((loss, None)),
+        };
+        let outcome = match finished {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
                 let why = chain(&e);
                 self.tb.events().emit(Event::StepFailed { step, why: why.clone() });
                 self.why = Some(format!("step {step} failed: {why}"));
                 Outcome::Error
+            }
+            Err((loss, error)) => {
+                if let Some(e) = error {
+                    self.tb.events().emit(Event::StepFailed { step, why: chain(&e) });
+                }
+                self.failover(step, loss).await
             }
         };
         let pair = self.tb.pair_view().await;
@@ -187,7 +218,8 @@ impl<'a> Run<'a> {
             self.fallback_from = Some(step);
         }
         self.journal(step, Some(outcome));
-        if to.is_end() {
+        // A run stopped by a lost active stays resumable: `repair`, then `--resume` redoes the step.
+        if to.is_end() && !matches!(outcome, Outcome::FailedOver | Outcome::Lost) {
             self.journal(to, Some(Outcome::Done));
         }
         to
@@ -228,7 +260,11 @@ impl<'a> Run<'a> {
                 Some(a) => self.tb.agents().dump(a).await.map(|d| d.1).unwrap_or_default(),
                 None => Vec::new(),
             };
-            verdicts.push(invariants::no_lost_or_double(&all, &units));
+            let mut v = invariants::no_lost_or_double(&all, &units);
+            if let Some(window) = invariants::simplex_window(&history, &v.offenders, &self.marks) {
+                v.detail = format!("{} — {window}", v.detail);
+            }
+            verdicts.push(v);
         }
         if !history.records.is_empty() {
             verdicts.push(invariants::workload_served(&history));
@@ -271,6 +307,48 @@ impl<'a> Run<'a> {
             platform_reason: self.tb.platform_reason().to_string(),
             images: vec![(self.plan.from.clone(), img(&self.plan.from)), (self.plan.to.clone(), img(&self.plan.to))],
             evaluation_ms: self.plan.evaluation_ms,
+        }
+    }
+
+    /// The active was lost during `step`: fence it, then promote its standby
+    /// with a new epoch — only if the active last saw that standby current.
+    async fn failover(&mut self, step: Step, loss: Loss) -> Outcome {
+        let (lost, other) = (loss.processor, loss.processor.other());
+        let (n_lost, n_other) = (self.tb.name(lost).to_string(), self.tb.name(other).to_string());
+        let t0 = (Instant::now(), self.now());
+        self.tb.events().emit(Event::ProcessorLost { processor: n_lost.clone(), how: loss.how.clone() });
+        self.tb.fence(lost).await;
+        // Only a standby that completed its step-up holds the run-state (and the active must have seen it current).
+        let synced = self
+            .tb
+            .agents()
+            .poll_status(other)
+            .await
+            .is_ok_and(|s| s.hello.role == Role::Standby && s.replication.synced);
+        if !loss.standby_current || !synced {
+            self.why = Some(format!(
+                "step {step}: active {n_lost} was lost ({}) while {n_other} was not a current standby: \
+                 the work {n_lost} acked alone is gone",
+                loss.how
+            ));
+            return Outcome::Lost;
+        }
+        match self.tb.set_role(other, Role::Active).await {
+            Ok(_) => {
+                let took_ms = t0.0.elapsed().as_millis() as u64;
+                self.tb.events().emit(Event::Failover { from: n_lost.clone(), to: n_other.clone(), took_ms });
+                self.switches.push((step, t0.1, self.now()));
+                self.why = Some(format!("step {step}: active {n_lost} was lost ({}); {n_other} took over", loss.how));
+                Outcome::FailedOver
+            }
+            Err(e) => {
+                self.why = Some(format!(
+                    "step {step}: active {n_lost} was lost ({}); promoting {n_other} failed: {}",
+                    loss.how,
+                    chain(&e)
+                ));
+                Outcome::Lost
+            }
         }
     }
 

@@ -109,7 +109,7 @@ impl Run<'_> {
     /// redone on `--resume` with the processor down.
     async fn take_out_of_service(&mut self, p: ProcId) -> Result<(), Error> {
         if self.tb.alive(p) {
-            self.tb.agents().wait_seen_current(p.other()).await?;
+            self.tb.wait_seen_current(p.other()).await?;
             self.tb.set_role(p, Role::OutOfService).await?;
         } else {
             self.tb.events().progress(format!("{} is not running: already out of service", self.tb.name(p)));
@@ -137,7 +137,7 @@ impl Run<'_> {
     /// `old` acked work alone (simplex), promoting `new` would lose it.
     async fn switch_over(&mut self, old: ProcId, new: ProcId, step: Step) -> Result<(), Error> {
         if self.tb.alive(old) && self.tb.agents().poll_status(old).await.is_ok_and(|s| s.hello.role == Role::Active) {
-            self.tb.agents().wait_seen_current(old).await?;
+            self.tb.wait_seen_current(old).await?;
         }
         let t0 = self.now();
         if !self.tb.alive(old) {
@@ -164,7 +164,7 @@ impl Run<'_> {
         let t1 = self.now();
         self.switches.push((step, t0, t1));
         if self.tb.alive(old) {
-            self.tb.agents().wait_standby_current(old).await?;
+            self.tb.wait_standby_current(old).await?;
         }
         Ok(())
     }
@@ -253,7 +253,7 @@ impl Run<'_> {
             if s.hello.role != Role::Standby || !s.replication.synced {
                 self.tb.set_role(other, Role::Standby).await?;
             }
-            self.tb.agents().wait_standby_current(other).await?;
+            self.tb.wait_standby_current(other).await?;
             return Ok(());
         }
         Err(self.refused(self.first, format!("could not bring both processors back to {from}")))

@@ -67,6 +67,10 @@ pub enum Outcome {
     NotAcceptable,
     /// The step failed.
     Error,
+    /// The active was lost during the step; it was fenced and its current standby took over.
+    FailedOver,
+    /// The active was lost during the step with no current standby to take over: the run-state it held alone is gone.
+    Lost,
 }
 
 /// A (step, outcome) pair that the procedure does not allow.
@@ -96,7 +100,8 @@ pub const ALL_STEPS: [Step; 12] = [
 ];
 
 /// Every outcome.
-pub const ALL_OUTCOMES: [Outcome; 3] = [Outcome::Done, Outcome::NotAcceptable, Outcome::Error];
+pub const ALL_OUTCOMES: [Outcome; 5] =
+    [Outcome::Done, Outcome::NotAcceptable, Outcome::Error, Outcome::FailedOver, Outcome::Lost];
 
 impl Step {
     /// The step's number in Fig. 6 (ends have names instead).
@@ -213,12 +218,31 @@ pub fn next(step: Step, outcome: Outcome) -> Result<Step, InvalidTransition> {
         (EnableFeatures, Error) => Ok(Failed),
         (Fallback, Done) => Ok(RolledBack),
         (Fallback, Error) => Ok(Failed),
+        // The active was lost and its standby took over: before the point of no
+        // return, rebuild the pair on the old version (the fallback reloads the
+        // lost processor); at 207, stop — `repair` reloads it, `--resume` finishes.
+        (Initial | IsolateStandby | ReloadStandby | StandbyOnNew | SwitchOverAndEvaluate | Fallback, FailedOver)
+        | (ReloadOther | OtherStandby, FailedOver) => Ok(Fallback),
+        (EnableFeatures, FailedOver) => Ok(Failed),
+        // No current standby took over: nothing can go on; the journal says where.
+        (
+            Initial
+            | IsolateStandby
+            | ReloadStandby
+            | StandbyOnNew
+            | SwitchOverAndEvaluate
+            | Fallback
+            | ReloadOther
+            | OtherStandby
+            | EnableFeatures,
+            Lost,
+        ) => Ok(Failed),
         (
             Initial | IsolateStandby | ReloadStandby | StandbyOnNew | Fallback | ReloadOther | OtherStandby
             | EnableFeatures,
             NotAcceptable,
         ) => invalid,
-        (Completed | RolledBack | Failed, Done | NotAcceptable | Error) => invalid,
+        (Completed | RolledBack | Failed, Done | NotAcceptable | Error | FailedOver | Lost) => invalid,
     }
 }
 
