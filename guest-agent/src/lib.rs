@@ -33,6 +33,8 @@ pub struct Settings {
     pub dial: Option<SocketAddr>,
     /// Version, features and flaw ([`build::Build::compiled`] in a guest).
     pub build: build::Build,
+    /// Say "listening" on stdout (the guest's console, which the host watches); off in-process.
+    pub announce: bool,
 }
 
 /// How [`run`] ended.
@@ -56,8 +58,10 @@ pub async fn run(s: Settings) -> std::io::Result<Exit> {
         tokio::spawn(link::dial(agent.clone(), peer));
     }
     tokio::spawn(service::serve_forever(work, agent.clone(), service::work));
-    // The host waits for this line on the serial console when debugging boots.
-    println!("hitless-agent {version} ({}) listening", s.name);
+    // The host waits for this line on the serial console before it dials.
+    if s.announce {
+        println!("hitless-agent {version} ({}) listening", s.name);
+    }
     tokio::select! {
         () = service::serve_forever(control, agent.clone(), service::control) => unreachable_serve(),
         () = agent.crashed() => Ok(Exit::Crashed),

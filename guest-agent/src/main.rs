@@ -53,6 +53,7 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
         link_listen: a.link_listen,
         dial,
         build: Build::compiled(),
+        announce: true,
     };
     Ok((s, log))
 }

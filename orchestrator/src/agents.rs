@@ -182,6 +182,11 @@ impl Agents {
     pub async fn wait_standby_current(&self, standby: ProcId) -> Result<(), ProcessorError> {
         let active = standby.other();
         let probe = async || {
+            for p in [standby, active] {
+                if matches!((self.reach)(p), Reach::Down | Reach::AgentGone) {
+                    return Err(self.refused(p, "its machine or its agent is not running".into()));
+                }
+            }
             let (Ok(s), Ok(a)) = (self.poll_status(standby).await, self.poll_status(active).await) else {
                 return Ok(None);
             };

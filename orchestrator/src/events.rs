@@ -86,6 +86,11 @@ pub enum Event {
         /// From confirming the loss to the new active's promotion.
         took_ms: u64,
     },
+    /// A fault was injected (or could not be).
+    Fault {
+        /// What was done.
+        fault: String,
+    },
     /// A procedure step begins.
     StepBegin {
         /// The step of Fig. 6.
@@ -210,7 +215,7 @@ pub struct Entry {
     pub event: Event,
 }
 
-type Sink = Box<dyn Fn(&Entry) + Send + Sync>;
+type Sink = Arc<dyn Fn(&Entry) + Send + Sync>;
 
 /// The stream: every event is recorded and handed to each sink.
 #[derive(Clone)]
@@ -239,16 +244,18 @@ impl Events {
 
     /// Add a sink; it sees every event from now on.
     pub fn subscribe(&self, f: impl Fn(&Entry) + Send + Sync + 'static) {
-        self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
+        self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(f));
     }
 
-    /// Emit an event.
+    /// Emit an event: recorded, then handed to each sink. No lock is held
+    /// while a sink runs, so a sink may emit too (a fault it injects does).
     pub fn emit(&self, event: Event) {
         let entry = Entry { at_ms: self.inner.start.elapsed().as_millis() as u64, event };
-        for s in self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        self.inner.entries.lock().unwrap_or_else(|e| e.into_inner()).push(entry.clone());
+        let sinks: Vec<Sink> = self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for s in sinks {
             s(&entry);
         }
-        self.inner.entries.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
     }
 
     /// Shorthand for a progress line.
@@ -288,6 +295,7 @@ pub fn render(e: &Entry) -> String {
         Event::ProcessorStopped { processor, how } => format!("{processor}: stopped ({how})"),
         Event::ProcessorLost { processor, how } => format!("{processor}: LOST ({how})"),
         Event::Failover { from, to, took_ms } => format!("failover: {to} took over from {from} in {took_ms} ms"),
+        Event::Fault { fault } => format!("FAULT: {fault}"),
         Event::StepBegin { step, name } => format!("step {step}: {name}"),
         Event::StepFailed { step, why } => format!("step {step} failed: {why}"),
         Event::StepDone { step, pair, took_ms } => {

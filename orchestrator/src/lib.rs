@@ -16,7 +16,9 @@
 //! | [`health`] | whether a pair is healthy, from what `status` observed |
 //! | [`rundir`] | the run directory: sockets, logs, state, journal |
 //! | [`lock`] | one orchestrator per pair: the run directory's `flock` |
+//! | [`faults`] | the fault catalogue, its triggers, injecting faults during a run |
 //! | [`procedure`] | Fig. 6: the transition table, the journal, the loop that runs the steps |
+//! | [`scenario`] | scenario files, running them on fresh pairs, chaos draws from a seed |
 //! | [`workload`] | the client that submits work units during the upgrade |
 //! | [`history`] | what the workload did, as a history |
 //! | [`invariants`] | the checks over the history and the final state, as pure functions |
@@ -31,6 +33,7 @@ pub mod channel;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod health;
 pub mod history;
 pub mod images;
@@ -43,6 +46,7 @@ pub mod platform;
 pub mod procedure;
 pub mod process;
 pub mod rundir;
+pub mod scenario;
 pub mod testbed;
 pub mod transcript;
 pub mod wait;

@@ -6,10 +6,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hitless::config::Config;
 use hitless::error::{exit, Error, InputError};
+use hitless::events::Event;
 use hitless::events::{render, Events};
 use hitless::pair::ProcId;
 use hitless::procedure::{self, End, Options, Report};
 use hitless::rundir::RunDir;
+use hitless::scenario::runner::{self, Where};
+use hitless::scenario::{chaos, Scenario};
 use hitless::testbed::{self, Access, Testbed};
 use hitless_protocol::Role;
 use std::path::PathBuf;
@@ -105,6 +108,38 @@ enum Cmd {
     Simulate {
         /// Target version (a key of `versions:` in the config).
         #[arg(long)]
+        to: String,
+    },
+    /// Run scenario files, each on a fresh pair, and print a results table.
+    ///
+    /// A scenario (vm-configs/scenarios/*.yaml, format in docs/scenarios.md)
+    /// names the target version, the faults and when they strike, and the
+    /// expected end and invariants. Exit 0 only if every scenario ended as
+    /// expected; 1 otherwise. With --chaos, scenarios are drawn at random from
+    /// the fault catalogue: the plan is printed first, and a seed replays exactly.
+    Run {
+        /// Scenario files (none with --chaos).
+        files: Vec<PathBuf>,
+        /// On the simulated pair (in-process agents) instead of QEMU guests.
+        #[arg(long)]
+        simulated: bool,
+        /// Where each scenario's transcript and histories go (default: .cache/runs/<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Draw scenarios at random from the fault catalogue.
+        #[arg(long, requires = "seed", conflicts_with = "files")]
+        chaos: bool,
+        /// The chaos seed: the same seed draws the same scenarios.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// How many chaos scenarios to draw.
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+        /// Run only chaos draw N of the seed (to reproduce one).
+        #[arg(long, requires = "chaos")]
+        only: Option<u32>,
+        /// The version chaos scenarios upgrade to.
+        #[arg(long, default_value = "2.0.0")]
         to: String,
     },
     /// Stop everything the testbed runs and remove its run directory. Idempotent.
@@ -289,7 +324,24 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 return Ok(());
             }
             let opts = Options { resume: *resume, workload: !no_workload };
-            let report = procedure::upgrade(&mut tb, to.as_deref().unwrap_or_default(), opts).await?;
+            let (canceller, cancel) = procedure::Cancel::new();
+            let signals = tokio::spawn(async move {
+                if wait_signal().await.is_ok() {
+                    eprintln!("hitless: cancelling: the step in progress is abandoned and the pair falls back (again to stop at once)");
+                    canceller.cancel();
+                }
+                if wait_signal().await.is_ok() {
+                    eprintln!("hitless: stopped at once; `hitless upgrade --resume` or `hitless rollback` finish from the journal");
+                    std::process::exit(i32::from(exit::INTERRUPTED));
+                }
+            });
+            let report = procedure::upgrade_with(&mut tb, to.as_deref().unwrap_or_default(), opts, Some(cancel)).await;
+            signals.abort();
+            let report = report?;
+            if report.cancelled_at.is_some() {
+                let _ = finish(&tb, &report);
+                return Err(RunEnd { message: report.message.clone(), code: exit::INTERRUPTED }.into());
+            }
             finish(&tb, &report)
         }
         Cmd::Rollback => {
@@ -335,12 +387,101 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             let report = procedure::upgrade(&mut tb, to, Options { resume: false, workload: true }).await?;
             finish(&tb, &report)
         }
+        Cmd::Run { files, simulated, out, chaos, seed, count, only, to } => {
+            let place = if *simulated { Where::Simulated } else { Where::Qemu };
+            let scenarios: Vec<Scenario> = if *chaos {
+                let seed = seed.unwrap_or_default();
+                let draws: Vec<u32> = match only {
+                    Some(n) => vec![*n],
+                    None => (0..*count).collect(),
+                };
+                cli.config.canonicalize().map_err(|e| anyhow::anyhow!("{}: {e}", cli.config.display()))?;
+                let s: Vec<Scenario> = draws.iter().map(|n| chaos::draw(seed, *n, &cli.config, to)).collect();
+                println!("chaos plan (seed {seed}):");
+                for d in &s {
+                    println!("{}", chaos::as_yaml(d));
+                }
+                s
+            } else {
+                if files.is_empty() {
+                    anyhow::bail!("give scenario files (e.g. vm-configs/scenarios/*.yaml), or --chaos --seed S");
+                }
+                // Every file is checked before any pair starts.
+                files.iter().map(|f| Scenario::load(f)).collect::<Result<_, _>>()?
+            };
+            let out = out.clone().unwrap_or_else(|| {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                PathBuf::from(format!(".cache/runs/{t}"))
+            });
+            let mut results = Vec::new();
+            for (i, s) in scenarios.iter().enumerate() {
+                eprintln!("\n=== [{}/{}] {}: {}", i + 1, scenarios.len(), s.name, s.description);
+                let name = s.name.clone();
+                let o = runner::run(s, place, &out, move |e| {
+                    if matches!(
+                        e.event,
+                        Event::StepBegin { .. }
+                            | Event::Fault { .. }
+                            | Event::Failover { .. }
+                            | Event::ProcessorLost { .. }
+                            | Event::Evaluation { .. }
+                            | Event::Outcome { .. }
+                            | Event::Invariant { ok: false, .. }
+                    ) {
+                        eprintln!("{name}: {}", render(e));
+                    }
+                })
+                .await;
+                let verdict = if o.skipped {
+                    "skipped"
+                } else if o.passed {
+                    "as expected"
+                } else {
+                    "NOT as expected"
+                };
+                eprintln!(
+                    "{}: {} ({verdict}){}",
+                    o.scenario,
+                    o.end,
+                    o.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
+                );
+                if !o.passed && *chaos {
+                    let _ = std::fs::write(o.dir.join("scenario.yaml"), chaos::as_yaml(s));
+                    let n = s.name.rsplit('-').next().unwrap_or("0");
+                    let sim = if *simulated { " --simulated" } else { "" };
+                    eprintln!("reproduce: hitless run --chaos --seed {} --only {n}{sim}", seed.unwrap_or_default());
+                }
+                results.push(o);
+            }
+            println!("\n{}", runner::table(&results));
+            let _ =
+                std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results).unwrap_or_default());
+            println!("transcripts and histories in {}", out.display());
+            let failed = results.iter().filter(|r| !r.passed).count();
+            if failed > 0 {
+                return Err(RunEnd {
+                    message: format!("{failed} of {} scenarios did not end as expected", results.len()),
+                    code: exit::FAILED,
+                }
+                .into());
+            }
+            Ok(())
+        }
         Cmd::Down => {
             let run = run_dir(&cli, "")?;
             let n = testbed::down(&run, &events)?;
             eprintln!("down: stopped {n} processes, removed {}", run.root.display());
             Ok(())
         }
+    }
+}
+
+/// The next Ctrl-C or SIGTERM.
+async fn wait_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
     }
 }
 

@@ -407,6 +407,17 @@ impl Testbed {
         self.designated.set(p);
     }
 
+    /// What faults act through ([`crate::faults`]).
+    pub fn fault_handles(&self) -> crate::faults::Handles {
+        crate::faults::Handles {
+            machines: self.machines.clone(),
+            agents: self.agents.clone(),
+            events: self.events.clone(),
+            names: self.cfg.processors.map(|_, p| p.name.clone()),
+            run_root: self.run.root.clone(),
+        }
+    }
+
     /// A watch over the active this testbed designated ([`crate::procedure::watch`]).
     pub fn watch(&self) -> Watch {
         let (agents, machines) = (self.agents.clone(), self.machines.clone());

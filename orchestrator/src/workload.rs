@@ -15,6 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Requests in flight at once on the connection.
 const WINDOW: usize = 8;
+/// How long a stopping workload waits for the answers to its requests in flight.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 /// Pause between requests; keeps the load steady rather than maximal during an upgrade.
 const PACE: Duration = Duration::from_millis(2);
 
@@ -103,7 +105,7 @@ async fn run(
     'outer: loop {
         if stop.load(Ordering::Relaxed) {
             let since = *stopping_since.get_or_insert_with(Instant::now);
-            if inflight.is_empty() || since.elapsed() > Duration::from_secs(10) {
+            if inflight.is_empty() || since.elapsed() > STOP_WAIT {
                 break;
             }
         }

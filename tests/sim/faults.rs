@@ -4,7 +4,7 @@
 //! processor is gone. Each is observed through the agents, as on QEMU.
 #![allow(clippy::unwrap_used)]
 
-use hitless::machine::Machines;
+use hitless::machine::{LinkDir, Machines};
 use hitless::pair::ProcId;
 use hitless::testbed::Testbed;
 use hitless_tests::sim;
@@ -45,11 +45,11 @@ async fn a_paused_processor_answers_nothing_until_resumed() {
 async fn a_cut_link_leaves_the_active_simplex_until_it_heals() {
     let s = sim().await;
     let m = s.tb.machines();
-    m.set_link(ACTIVE, false).await.unwrap();
+    m.set_link(ACTIVE, LinkDir::Both, false).await.unwrap();
     until_active(&s.tb, "simplex", |r| r.simplex).await;
     // The host still reaches both: only the link between them is cut.
     assert!(s.tb.agents().status(STANDBY).await.is_ok());
-    m.set_link(ACTIVE, true).await.unwrap();
+    m.set_link(ACTIVE, LinkDir::Both, true).await.unwrap();
     until_active(&s.tb, "registering again", |r| !r.simplex && r.registered.is_some()).await;
     s.tb.agents().wait_standby_current(STANDBY).await.unwrap();
 }

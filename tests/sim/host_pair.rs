@@ -34,6 +34,7 @@ fn spawn_pair() -> [HostAgent; 2] {
             // As in the guests, the second processor dials the first.
             dial: (i == 1).then_some(link[0]),
             build: hitless_agent::build::Build::compiled(),
+            announce: false,
         };
         tokio::spawn(hitless_agent::run(settings));
         out.push(HostAgent { name: name.into(), channel: Channel::Tcp { control, work } });

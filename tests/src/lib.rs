@@ -174,6 +174,7 @@ pub fn condensed(entries: &[Entry]) -> String {
             Event::ProcessorStopped { processor, .. } => format!("  {processor} stopped"),
             Event::ProcessorLost { processor, .. } => format!("  {processor} LOST"),
             Event::Failover { from, to, .. } => format!("  failover {from} -> {to}"),
+            Event::Fault { fault } => format!("  FAULT {fault}"),
             Event::Evaluation { processor, acceptable, .. } => {
                 format!("  {processor} evaluation acceptable={acceptable}")
             }

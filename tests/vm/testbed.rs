@@ -6,7 +6,7 @@
 
 use hitless::error::{EnvironmentError, Error};
 use hitless::events::Events;
-use hitless::machine::Machines;
+use hitless::machine::{LinkDir, Machines};
 use hitless::pair::ProcId;
 use hitless::process;
 use hitless::testbed::{self, Access, Testbed};
@@ -83,9 +83,9 @@ async fn a_paused_guest_and_a_cut_link_act_as_faults_should() {
     m.resume(standby).await.unwrap();
     until_active(&tb, "registering again", |r| !r.simplex && r.registered.is_some()).await;
 
-    m.set_link(ProcId::FIRST, false).await.unwrap();
+    m.set_link(ProcId::FIRST, LinkDir::Both, false).await.unwrap();
     until_active(&tb, "simplex", |r| r.simplex).await;
-    m.set_link(ProcId::FIRST, true).await.unwrap();
+    m.set_link(ProcId::FIRST, LinkDir::Both, true).await.unwrap();
     until_active(&tb, "registering again", |r| !r.simplex && r.registered.is_some()).await;
 
     m.kill(standby).await;

@@ -129,6 +129,18 @@ pub enum Reach {
     Up,
 }
 
+/// Which way a link cut goes, from the processor's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkDir {
+    /// Nothing passes either way.
+    Both,
+    /// The processor's frames do not reach its peer.
+    Out,
+    /// Its peer's frames do not reach it.
+    In,
+}
+
 /// The operations every backend offers.
 // `async fn` in a public trait: only ever used with static dispatch (through `Backend`).
 #[allow(async_fn_in_trait)]
@@ -150,8 +162,9 @@ pub trait Machines {
     async fn pause(&self, p: ProcId) -> Result<(), MachineError>;
     /// Resume a paused `p` (QMP `cont`).
     async fn resume(&self, p: ProcId) -> Result<(), MachineError>;
-    /// Take `p`'s end of the inter-processor link down or up (QMP `set_link`).
-    async fn set_link(&self, p: ProcId, up: bool) -> Result<(), MachineError>;
+    /// Take `p`'s end of the inter-processor link down or up, both ways (QMP
+    /// `set_link`) or one way only.
+    async fn set_link(&self, p: ProcId, dir: LinkDir, up: bool) -> Result<(), MachineError>;
     /// Whether `p`'s machine runs (a paused one does).
     fn alive(&self, p: ProcId) -> bool;
     /// Whether `p`'s agent may be dialled now (cheap: no round trip to the machine).
@@ -211,8 +224,8 @@ impl Machines for Backend {
     async fn resume(&self, p: ProcId) -> Result<(), MachineError> {
         dispatch!(self, b => b.resume(p).await)
     }
-    async fn set_link(&self, p: ProcId, up: bool) -> Result<(), MachineError> {
-        dispatch!(self, b => b.set_link(p, up).await)
+    async fn set_link(&self, p: ProcId, dir: LinkDir, up: bool) -> Result<(), MachineError> {
+        dispatch!(self, b => b.set_link(p, dir, up).await)
     }
     fn alive(&self, p: ProcId) -> bool {
         dispatch!(self, b => b.alive(p))

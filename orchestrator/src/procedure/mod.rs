@@ -22,6 +22,6 @@ pub mod watch;
 pub use journal::{describe_plan, plan, read_journal, resume_step, Journal, Plan};
 pub use preflight::preflight;
 pub use repair::repair;
-pub use run::{rollback, upgrade, Options, Report};
+pub use run::{rollback, upgrade, upgrade_with, Cancel, Canceller, Options, Report};
 pub use steps::enable_features;
 pub use table::{next, End, Outcome, Step, ALL_OUTCOMES, ALL_STEPS};

@@ -32,6 +32,12 @@ pub struct Report {
     pub gaps: Vec<(Step, u64)>,
     /// Work requests the workload got acknowledged.
     pub acked: usize,
+    /// For a stopped run: the first step that failed (or lost its active).
+    pub stopped_at: Option<Step>,
+    /// Where the run was cancelled, if it was.
+    pub cancelled_at: Option<Step>,
+    /// Unplanned failovers: (lost, took over, ms from confirming the loss to the promotion).
+    pub failovers: Vec<(String, String, u64)>,
 }
 
 impl Report {
@@ -48,6 +54,44 @@ pub struct Options {
     pub resume: bool,
     /// Run the built-in workload during the upgrade.
     pub workload: bool,
+}
+
+/// A way to cancel a running upgrade (Ctrl-C, SIGTERM, a scenario's fault).
+/// A cancelled upgrade leaves the pair stable: before step 207 the step in
+/// progress is abandoned and the pair falls back to the old version; step 207
+/// (the point of no return) is finished first.
+#[derive(Clone, Debug)]
+pub struct Cancel(tokio::sync::watch::Receiver<bool>);
+
+/// The other end of a [`Cancel`].
+#[derive(Debug)]
+pub struct Canceller(tokio::sync::watch::Sender<bool>);
+
+impl Cancel {
+    /// A cancel and the handle that triggers it.
+    pub fn new() -> (Canceller, Cancel) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (Canceller(tx), Cancel(rx))
+    }
+
+    fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    async fn cancelled(&self) {
+        let mut rx = self.0.clone();
+        // An error means the canceller is gone: then nobody can cancel, wait forever.
+        if rx.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Canceller {
+    /// Cancel the upgrade.
+    pub fn cancel(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// One run of the procedure on a testbed.
@@ -71,11 +115,22 @@ pub(super) struct Run<'a> {
     pub(super) marks: Vec<(Step, u64)>,
     /// The watch over the active, kept for the whole run.
     pub(super) watch: super::watch::Watch,
+    /// Set when the upgrade may be cancelled.
+    pub(super) cancel: Option<Cancel>,
+    /// Where the run was cancelled, if it was.
+    pub(super) cancelled_at: Option<Step>,
+    /// The first step that failed or lost its active in this run.
+    pub(super) first_failure: Option<Step>,
 }
 
 /// Run the upgrade to `to` (or resume it from the journal). Ends in a report
 /// whatever the outcome; an `Err` means the run could not even start.
 pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report, Error> {
+    upgrade_with(tb, to, opts, None).await
+}
+
+/// [`upgrade`], which `cancel` can cancel.
+pub async fn upgrade_with(tb: &mut Testbed, to: &str, opts: Options, cancel: Option<Cancel>) -> Result<Report, Error> {
     if opts.resume {
         let j = read_journal(tb.run()).ok_or_else(|| ProcedureError::NoJournal(tb.run().root.clone()))?;
         let at = resume_step(&j)?;
@@ -86,7 +141,8 @@ pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report
             .then(|| "evaluation at step 204 was cut short".to_string());
         let fallback_from = if why.is_some() { Some(j.step) } else { j.fallback_from };
         super::preflight(tb, &j.plan).await?;
-        let run = Run::start(tb, j.plan, opts.workload, why, fallback_from, j.runs)?;
+        let mut run = Run::start(tb, j.plan, opts.workload, why, fallback_from, j.runs)?;
+        run.cancel = cancel;
         return Ok(run.drive(at).await);
     }
     if let Some(j) = read_journal(tb.run()).filter(|j| !j.step.is_end()) {
@@ -94,7 +150,8 @@ pub async fn upgrade(tb: &mut Testbed, to: &str, opts: Options) -> Result<Report
     }
     let plan = plan(tb, to).await?;
     super::preflight(tb, &plan).await?;
-    let run = Run::start(tb, plan, opts.workload, None, None, Vec::new())?;
+    let mut run = Run::start(tb, plan, opts.workload, None, None, Vec::new())?;
+    run.cancel = cancel;
     Ok(run.drive(Step::Initial).await)
 }
 
@@ -148,7 +205,22 @@ impl<'a> Run<'a> {
         runs.push(run_id);
         tb.designate(None);
         let (marks, watch) = (Vec::new(), tb.watch());
-        Ok(Run { tb, plan, first, second, workload, switches: Vec::new(), why, fallback_from, runs, marks, watch })
+        Ok(Run {
+            tb,
+            plan,
+            first,
+            second,
+            workload,
+            switches: Vec::new(),
+            why,
+            fallback_from,
+            runs,
+            marks,
+            watch,
+            cancel: None,
+            cancelled_at: None,
+            first_failure: None,
+        })
     }
 
     /// Take steps from `step` until an end; report it.
@@ -157,16 +229,37 @@ impl<'a> Run<'a> {
         let active = self.tb.active().await;
         self.tb.designate(active);
         while !step.is_end() {
+            if self.cancelled_at.is_none()
+                && self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+                && step.rollback_allowed()
+                && step != Step::Fallback
+            {
+                step = self.cancelled(step);
+                continue;
+            }
             step = self.step(step).await;
         }
         self.finish(step.end().unwrap_or(End::Failed)).await
     }
 
-    fn journal(&self, step: Step, outcome: Option<Outcome>) {
+    /// The upgrade was cancelled as `step` was next (or running): fall back.
+    fn cancelled(&mut self, step: Step) -> Step {
+        self.tb.events().progress(format!("cancelled at step {step}: falling back to {}", self.plan.from));
+        self.cancelled_at = Some(step);
+        self.why = Some(format!("cancelled at step {step}"));
+        self.fallback_from = Some(step);
+        Step::Fallback
+    }
+
+    fn try_journal(&self, step: Step, outcome: Option<Outcome>) -> Result<(), Error> {
         let (plan, runs) = (self.plan.clone(), self.runs.clone());
         let j = Journal { plan, step, outcome, fallback_from: self.fallback_from, runs };
-        if let Err(e) = write_journal(self.tb.run(), &j) {
-            // A journal that cannot be written only weakens --resume; the run goes on.
+        write_journal(self.tb.run(), &j)
+    }
+
+    /// Journal a step's end; a failure only weakens `--resume` (said, not fatal).
+    fn journal(&self, step: Step, outcome: Option<Outcome>) {
+        if let Err(e) = self.try_journal(step, outcome) {
             self.tb.events().progress(format!("journal not written: {}", chain(&e)));
         }
     }
@@ -178,15 +271,43 @@ impl<'a> Run<'a> {
 
     /// Execute one step and return the next.
     async fn step(&mut self, step: Step) -> Step {
-        self.journal(step, None);
+        if let Err(e) = self.try_journal(step, None) {
+            // Nothing new starts without a journal to resume it from; restoring service (the fallback) goes on regardless.
+            if step != Step::Fallback {
+                let why = format!("the journal cannot be written, so step {step} was not begun: {}", chain(&e));
+                self.tb.events().emit(Event::StepFailed { step, why: why.clone() });
+                self.why = Some(why);
+                self.first_failure.get_or_insert(step);
+                return next(step, Outcome::Error).unwrap_or(Step::Failed);
+            }
+        }
+        // What the watch knows is fresh as the step begins (a fault may strike right then).
+        self.watch.refresh().await;
         self.tb.events().emit(Event::StepBegin { step, name: step.describe().into() });
         let t = Instant::now();
         self.marks.push((step, self.now()));
         // The step races the watch over the active: a loss cancels the step.
         let watch = self.watch.clone();
+        // Before the point of no return a cancel abandons the step; the fallback and 207 are finished.
+        let cancel = self
+            .cancel
+            .clone()
+            .filter(|_| step.rollback_allowed() && step != Step::Fallback && self.cancelled_at.is_none());
+        let cancelled = async {
+            match &cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         let finished = tokio::select! {
             r = self.execute(step) => Ok(r),
             loss = watch.loss() => Err(loss),
+            () = cancelled => {
+                let pair = self.tb.pair_view().await;
+                self.tb.events().emit(Event::StepDone { step, pair, took_ms: t.elapsed().as_millis() as u64 });
+                self.try_journal(step, Some(Outcome::Error)).ok();
+                return self.cancelled(step);
+            }
         };
         // A step that ended because its active just died is a loss, not its own failure.
         let finished = match finished {
@@ -214,7 +335,10 @@ impl<'a> Run<'a> {
         let pair = self.tb.pair_view().await;
         self.tb.events().emit(Event::StepDone { step, pair, took_ms: t.elapsed().as_millis() as u64 });
         let to = next(step, outcome).unwrap_or(Step::Failed);
-        if to == Step::Fallback {
+        if matches!(outcome, Outcome::Error | Outcome::Lost | Outcome::FailedOver) {
+            self.first_failure.get_or_insert(step);
+        }
+        if to == Step::Fallback && self.cancelled_at.is_none() {
             self.fallback_from = Some(step);
         }
         self.journal(step, Some(outcome));
@@ -256,7 +380,22 @@ impl<'a> Run<'a> {
             }
         }
         if !all.records.is_empty() {
-            let units = match self.tb.active().await {
+            // What survives: the active's state, or with no active, a synced standby's (it would take over).
+            let mut holder = self.tb.active().await;
+            if holder.is_none() {
+                for p in ProcId::BOTH {
+                    if self
+                        .tb
+                        .agents()
+                        .poll_status(p)
+                        .await
+                        .is_ok_and(|s| s.hello.role == Role::Standby && s.replication.synced)
+                    {
+                        holder = Some(p);
+                    }
+                }
+            }
+            let units = match holder {
                 Some(a) => self.tb.agents().dump(a).await.map(|d| d.1).unwrap_or_default(),
                 None => Vec::new(),
             };
@@ -283,6 +422,11 @@ impl<'a> Run<'a> {
         }
         let message = match end {
             End::Completed => format!("upgraded to {} on both processors; new features enabled", self.plan.to),
+            End::RolledBack if self.cancelled_at.is_some() => format!(
+                "{}; rolled back to {}: one active and one current standby",
+                self.why.clone().unwrap_or_default(),
+                self.plan.from
+            ),
             End::RolledBack => format!(
                 "upgrade rolled back at step {}: {}",
                 self.fallback_from.unwrap_or(Step::SwitchOverAndEvaluate),
@@ -292,7 +436,27 @@ impl<'a> Run<'a> {
         };
         self.tb.events().emit(Event::Outcome { end, message: message.clone() });
         transcript::write(&self.tb.run().transcript(), &self.header(), &self.tb.events().entries());
-        Report { end, message, invariants: verdicts, gaps, acked: history.acked().len() }
+        let failovers = self
+            .tb
+            .events()
+            .entries()
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::Failover { from, to, took_ms } => Some((from, to, took_ms)),
+                _ => None,
+            })
+            .collect();
+        let stopped_at = (end == End::Failed).then_some(self.first_failure).flatten();
+        Report {
+            end,
+            message,
+            invariants: verdicts,
+            gaps,
+            acked: history.acked().len(),
+            stopped_at,
+            cancelled_at: self.cancelled_at,
+            failovers,
+        }
     }
 
     fn header(&self) -> transcript::Header {

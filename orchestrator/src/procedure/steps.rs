@@ -141,9 +141,13 @@ impl Run<'_> {
         }
         let t0 = self.now();
         if !self.tb.alive(old) {
-            // It died on its own (e.g. the new version crashed): that ends its role.
-            let processor = self.tb.name(old).to_string();
-            self.tb.events().emit(Event::ProcessorStopped { processor, how: "crashed (its machine exited)".into() });
+            // It died on its own: fenced (the watch stands down: this switchover is the failover).
+            self.tb.events().progress(format!(
+                "{}'s machine exited; fencing it before {} is promoted",
+                self.tb.name(old),
+                self.tb.name(new)
+            ));
+            self.tb.fence(old).await;
         } else if let Some(line) = self.tb.machines().agent_gone(old) {
             // Its agent crashed while its machine runs: fence the machine before anything else becomes active.
             self.tb

@@ -188,8 +188,22 @@ impl Serialize for Step {
 
 impl<'de> Deserialize<'de> for Step {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Step::from_number(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown step {s:?}")))
+        /// A step as written: "203" in JSON, 203 in YAML.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(u64),
+            Text(String),
+        }
+        let s = match Written::deserialize(d)? {
+            Written::Number(n) => n.to_string(),
+            Written::Text(t) => t,
+        };
+        Step::from_number(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown step {s:?} (200-207, 204-fallback, completed, rolled-back, failed)"
+            ))
+        })
     }
 }
 

@@ -163,6 +163,11 @@ impl Watch {
         }
     }
 
+    /// Look once now, so that what the watch knows is fresh (before a step begins).
+    pub async fn refresh(&self) {
+        let _ = self.look(false).await;
+    }
+
     /// Whether the designated active is lost right now (its machine or its agent gone).
     pub async fn lost_now(&self) -> Option<Loss> {
         let a = self.designated.get()?;

@@ -8,7 +8,7 @@ pub mod argv;
 pub mod console;
 pub mod qmp;
 
-use super::{AppDisk, Artifact, Boot, Diagnostics, MachineError, Machines, Reach, Software};
+use super::{AppDisk, Artifact, Boot, Diagnostics, LinkDir, MachineError, Machines, Reach, Software};
 use crate::channel::Channel;
 use crate::config::Config;
 use crate::error::{EnvironmentError, Error};
@@ -275,8 +275,22 @@ impl Machines for QemuPair {
         Ok(())
     }
 
-    async fn set_link(&self, p: ProcId, up: bool) -> Result<(), MachineError> {
-        Ok(self.qmp(p).await?.set_link(argv::LINK_NIC, up).await?)
+    async fn set_link(&self, p: ProcId, dir: LinkDir, up: bool) -> Result<(), MachineError> {
+        // One way: each QEMU sends to its peer's socket *path*, so moving a path
+        // away drops what is sent to it (and moving it back heals that way).
+        let moved = match dir {
+            LinkDir::Both => return Ok(self.qmp(p).await?.set_link(argv::LINK_NIC, up).await?),
+            LinkDir::Out => self.run.link(self.name(p.other())),
+            LinkDir::In => self.run.link(self.name(p)),
+        };
+        let aside = moved.with_extension("sock.cut");
+        let (from, to) = if up { (&aside, &moved) } else { (&moved, &aside) };
+        // A machine restarted meanwhile bound its socket anew: nothing to put back then.
+        if up && moved.exists() {
+            let _ = std::fs::remove_file(&aside);
+            return Ok(());
+        }
+        std::fs::rename(from, to).map_err(|source| process::ProcessError::File { path: from.clone(), source }.into())
     }
 
     fn alive(&self, p: ProcId) -> bool {

@@ -12,7 +12,7 @@
 
 pub mod net;
 
-use super::{AppDisk, Artifact, Boot, Diagnostics, MachineError, Machines, Reach, Software};
+use super::{AppDisk, Artifact, Boot, Diagnostics, LinkDir, MachineError, Machines, Reach, Software};
 use crate::channel::Channel;
 use crate::config::{Config, Version};
 use crate::error::{Error, InputError};
@@ -66,6 +66,8 @@ pub struct SimPair {
     running: Mutex<[Option<Running>; 2]>,
     /// Processors whose next start fails (an injected fault).
     fail_next: Mutex<BTreeSet<ProcId>>,
+    /// Versions whose "image" is corrupt (an injected fault): preflight refuses them.
+    corrupt: Mutex<BTreeSet<String>>,
     /// Why each processor's agent last stopped on its own, for error messages.
     exits: std::sync::Arc<Mutex<[Option<String>; 2]>>,
     /// Last: dropped after the processors, so their sockets close first.
@@ -132,6 +134,7 @@ impl SimPair {
             gates,
             running: Mutex::new([None, None]),
             fail_next: Mutex::default(),
+            corrupt: Mutex::default(),
             exits: Default::default(),
             _net: net,
         })
@@ -142,6 +145,11 @@ impl SimPair {
         self.fail_next.lock().unwrap_or_else(|e| e.into_inner()).insert(p);
     }
 
+    /// Fault injection: `version` counts as a corrupt image from now on.
+    pub fn corrupt(&self, version: &str) {
+        self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).insert(version.into());
+    }
+
     /// Pause (`true`) or resume `p` from any thread: all its traffic is held, or released.
     pub fn hold(&self, p: ProcId, paused: bool) {
         self.gates[p].running.set(!paused);
@@ -149,8 +157,17 @@ impl SimPair {
 
     /// Cut (`false`) or restore `p`'s end of the link, from any thread.
     pub fn link(&self, p: ProcId, up: bool) {
-        self.gates[p].link_out.set(up);
-        self.gates[p].link_in.set(up);
+        self.link_dir(p, LinkDir::Both, up);
+    }
+
+    /// Cut or restore one or both ways of `p`'s end of the link, from any thread.
+    pub fn link_dir(&self, p: ProcId, dir: LinkDir, up: bool) {
+        if dir != LinkDir::In {
+            self.gates[p].link_out.set(up);
+        }
+        if dir != LinkDir::Out {
+            self.gates[p].link_in.set(up);
+        }
     }
 
     /// Stop `p` at once, from any thread (tests inject faults from event sinks, which cannot await).
@@ -193,6 +210,10 @@ impl Machines for SimPair {
     fn preflight(&self, versions: &[&str]) -> Result<Vec<String>, Error> {
         let mut done = Vec::new();
         for v in versions {
+            if self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).contains(*v) {
+                let detail = format!("the image of {v} is corrupt (a simulated fault)");
+                return Err(Error::Preflight { check: format!("image of {v}"), detail });
+            }
             done.push(format!("{v} runs in-process as {}", self.software(v)?.image));
         }
         Ok(done)
@@ -220,6 +241,7 @@ impl Machines for SimPair {
             // As in the guests, the second processor dials the first (through its link proxy).
             dial: (p == ProcId::SECOND).then(|| self.public[ProcId::FIRST].link),
             build: build.clone(),
+            announce: false,
         };
         let (stop, stopped) = oneshot::channel();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -271,8 +293,8 @@ impl Machines for SimPair {
         Ok(())
     }
 
-    async fn set_link(&self, p: ProcId, up: bool) -> Result<(), MachineError> {
-        self.link(p, up);
+    async fn set_link(&self, p: ProcId, dir: LinkDir, up: bool) -> Result<(), MachineError> {
+        self.link_dir(p, dir, up);
         Ok(())
     }
 
