@@ -86,6 +86,12 @@ pub enum Event {
         /// From confirming the loss to the new active's promotion.
         took_ms: u64,
     },
+    /// A workload started: its history (`history/<run>.jsonl` beside the
+    /// transcript) counts time from this event.
+    WorkloadStarted {
+        /// The run id, which prefixes its request ids and names its history file.
+        run: String,
+    },
     /// A fault was injected (or could not be).
     Fault {
         /// What was done.
@@ -296,6 +302,7 @@ pub fn render(e: &Entry) -> String {
         Event::ProcessorLost { processor, how } => format!("{processor}: LOST ({how})"),
         Event::Failover { from, to, took_ms } => format!("failover: {to} took over from {from} in {took_ms} ms"),
         Event::Fault { fault } => format!("FAULT: {fault}"),
+        Event::WorkloadStarted { run } => format!("workload {run} started"),
         Event::StepBegin { step, name } => format!("step {step}: {name}"),
         Event::StepFailed { step, why } => format!("step {step} failed: {why}"),
         Event::StepDone { step, pair, took_ms } => {

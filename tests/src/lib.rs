@@ -186,7 +186,8 @@ pub fn condensed(entries: &[Entry]) -> String {
             | Event::Platform { .. }
             | Event::AgentReady { .. }
             | Event::AppDisk { .. }
-            | Event::StepFailed { .. } => continue,
+            | Event::StepFailed { .. }
+            | Event::WorkloadStarted { .. } => continue,
         };
         out.push_str(&line);
         out.push('\n');
