@@ -7,7 +7,7 @@ CONFIG  ?= vm-configs/pair.yaml
 HITLESS  = target/release/hitless
 RUN_DIR ?= $(CURDIR)/.cache/run
 
-.PHONY: all setup build images testbed test test-sim test-vm unit-test lint bench clean down
+.PHONY: all setup build images testbed test test-sim test-vm unit-test lint bench soak clean down
 
 all: build
 
@@ -50,6 +50,11 @@ test-sim:
 # The VM tier, one test at a time (two guests per test already fill two cores under TCG).
 test-vm: images
 	$(CARGO) test -p hitless-tests --test vm -- --test-threads=1
+
+# Every shipped scenario on QEMU guests, one after the other, then the results
+# table (transcripts and histories in .cache/soak/<scenario>/).
+soak: images
+	$(HITLESS) run vm-configs/scenarios/*.yaml --config $(CONFIG) --out .cache/soak
 
 unit-test:
 	$(CARGO) test --workspace --lib --bins

@@ -324,25 +324,9 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 return Ok(());
             }
             let opts = Options { resume: *resume, workload: !no_workload };
-            let (canceller, cancel) = procedure::Cancel::new();
-            let signals = tokio::spawn(async move {
-                if wait_signal().await.is_ok() {
-                    eprintln!("hitless: cancelling: the step in progress is abandoned and the pair falls back (again to stop at once)");
-                    canceller.cancel();
-                }
-                if wait_signal().await.is_ok() {
-                    eprintln!("hitless: stopped at once; `hitless upgrade --resume` or `hitless rollback` finish from the journal");
-                    std::process::exit(i32::from(exit::INTERRUPTED));
-                }
-            });
-            let report = procedure::upgrade_with(&mut tb, to.as_deref().unwrap_or_default(), opts, Some(cancel)).await;
-            signals.abort();
-            let report = report?;
-            if report.cancelled_at.is_some() {
-                let _ = finish(&tb, &report);
-                return Err(RunEnd { message: report.message.clone(), code: exit::INTERRUPTED }.into());
-            }
-            finish(&tb, &report)
+            let to = to.as_deref().unwrap_or_default();
+            let report = with_signals(|cancel| procedure::upgrade_with(&mut tb, to, opts, cancel)).await;
+            report_or_cancelled(&tb, report?)
         }
         Cmd::Rollback => {
             let mut tb = Testbed::attach(run_dir(&cli, "")?, events, Access::Change("hitless rollback"))?;
@@ -384,8 +368,9 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             // Unknown versions are bad input, before anything is made.
             cfg.version(to).map_err(|e: InputError| Error::from(e))?;
             let mut tb = Testbed::simulated(cfg, run, events).await?;
-            let report = procedure::upgrade(&mut tb, to, Options { resume: false, workload: true }).await?;
-            finish(&tb, &report)
+            let opts = Options { resume: false, workload: true };
+            let report = with_signals(|cancel| procedure::upgrade_with(&mut tb, to, opts, cancel)).await;
+            report_or_cancelled(&tb, report?)
         }
         Cmd::Run { files, simulated, out, chaos, seed, count, only, to } => {
             let place = if *simulated { Where::Simulated } else { Where::Qemu };
@@ -476,6 +461,40 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
     }
 }
 
+/// Run an upgrade that Ctrl-C or SIGTERM cancels cleanly (the pair falls back
+/// before 207, 207 is finished); a second signal stops at once.
+async fn with_signals<F, Fut>(start: F) -> Result<Report, Error>
+where
+    F: FnOnce(Option<procedure::Cancel>) -> Fut,
+    Fut: std::future::Future<Output = Result<Report, Error>>,
+{
+    let (canceller, cancel) = procedure::Cancel::new();
+    let signals = tokio::spawn(async move {
+        if wait_signal().await.is_ok() {
+            eprintln!("hitless: cancelling: the step in progress is abandoned and the pair falls back (again to stop at once)");
+            canceller.cancel();
+        }
+        if wait_signal().await.is_ok() {
+            eprintln!(
+                "hitless: stopped at once; `hitless upgrade --resume` or `hitless rollback` finish from the journal"
+            );
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        }
+    });
+    let report = start(Some(cancel)).await;
+    signals.abort();
+    report
+}
+
+/// A report's exit: a cancelled run exits 130 (its pair left stable), else by its end.
+fn report_or_cancelled(tb: &Testbed, report: Report) -> anyhow::Result<()> {
+    if report.cancelled_at.is_some() {
+        let _ = finish(tb, &report);
+        return Err(RunEnd { message: report.message.clone(), code: exit::INTERRUPTED }.into());
+    }
+    finish(tb, &report)
+}
+
 /// The next Ctrl-C or SIGTERM.
 async fn wait_signal() -> std::io::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -485,7 +504,17 @@ async fn wait_signal() -> std::io::Result<()> {
     }
 }
 
+/// Die quietly when the reader of our output goes away (`hitless run ... | head`), as
+/// Unix tools do, instead of panicking on the next `println!`.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up, before any thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

@@ -8,4 +8,5 @@ mod failover;
 mod faults;
 mod host_pair;
 mod procedure;
+mod scenarios;
 mod verdicts;

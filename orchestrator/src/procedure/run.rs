@@ -299,15 +299,19 @@ impl<'a> Run<'a> {
                 None => std::future::pending().await,
             }
         };
-        let finished = tokio::select! {
-            r = self.execute(step) => Ok(r),
-            loss = watch.loss() => Err(loss),
-            () = cancelled => {
-                let pair = self.tb.pair_view().await;
-                self.tb.events().emit(Event::StepDone { step, pair, took_ms: t.elapsed().as_millis() as u64 });
-                self.try_journal(step, Some(Outcome::Error)).ok();
-                return self.cancelled(step);
-            }
+        // An active lost as the step began (a fault at that moment): the step does not start.
+        let finished = match watch.lost_now().await {
+            Some(loss) => Err(loss),
+            None => tokio::select! {
+                r = self.execute(step) => Ok(r),
+                loss = watch.loss() => Err(loss),
+                () = cancelled => {
+                    let pair = self.tb.pair_view().await;
+                    self.tb.events().emit(Event::StepDone { step, pair, took_ms: t.elapsed().as_millis() as u64 });
+                    self.try_journal(step, Some(Outcome::Error)).ok();
+                    return self.cancelled(step);
+                }
+            },
         };
         // A step that ended because its active just died is a loss, not its own failure.
         let finished = match finished {

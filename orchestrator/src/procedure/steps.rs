@@ -198,11 +198,12 @@ impl Run<'_> {
                 reasons.push(r);
             }
         }
-        match self.tb.agents().status(old).await {
-            Ok(s) if s.replication.synced => {
-                reasons.push(format!("standby {} registered and current", self.tb.name(old)))
-            }
-            Ok(_) | Err(_) => failed.push(format!("standby {} is not current", self.tb.name(old))),
+        // The standby as the new active sees it, not by its own `synced` flag (which outlives a cut link).
+        let (n_new, n_old) = (self.tb.name(new).to_string(), self.tb.name(old).to_string());
+        match self.tb.agents().status(new).await.map(|s| s.replication.standby_current()) {
+            Ok(Ok(())) => reasons.push(format!("standby {n_old} current as {n_new} sees it at the end of the window")),
+            Ok(Err(why)) => failed.push(format!("standby {n_old} is not current as {n_new} sees it: {why}")),
+            Err(e) => failed.push(format!("{n_new}'s view of its standby: {}", chain(&e))),
         }
         for f in &failed {
             if !reasons.contains(f) {

@@ -74,21 +74,33 @@ pub struct SimPair {
     _net: Net,
 }
 
-/// A free loopback port below the ephemeral range (32768 and up on Linux):
-/// a port the kernel handed out could be taken by some outgoing connection
-/// before a restarted processor binds it again.
-fn free_port() -> std::io::Result<TcpListener> {
+/// A random number from the standard library's per-process random keys.
+fn random(n: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    let seed = std::collections::hash_map::RandomState::new();
-    for attempt in 0u32..200 {
-        let mut h = seed.build_hasher();
-        h.write_u32(attempt);
-        let port = 20_000 + (h.finish() % 12_000) as u16;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.finish()
+}
+
+/// A loopback address of this pair's own (127.x.y.z; Linux routes all of
+/// 127/8 to `lo`): an agent's port, released while it restarts, cannot be
+/// taken by another simulated pair in this process meanwhile.
+fn own_loopback() -> std::net::Ipv4Addr {
+    let r = random(0);
+    std::net::Ipv4Addr::new(127, 1 + (r % 254) as u8, (r >> 8) as u8, 1 + ((r >> 16) % 254) as u8)
+}
+
+/// A free port on `ip` below the ephemeral range (32768 and up on Linux): a
+/// port the kernel handed out could be taken by some outgoing connection
+/// before a restarted processor binds it again.
+fn free_port(ip: std::net::Ipv4Addr) -> std::io::Result<TcpListener> {
+    for attempt in 0u64..200 {
+        let port = 20_000 + (random(attempt + 1) % 12_000) as u16;
+        if let Ok(l) = TcpListener::bind((ip, port)) {
             return Ok(l);
         }
     }
-    Err(std::io::Error::other("no free loopback port in 20000-31999"))
+    Err(std::io::Error::other(format!("no free port in 20000-31999 on {ip}")))
 }
 
 impl SimPair {
@@ -100,15 +112,16 @@ impl SimPair {
         let mut public = Vec::new();
         // Held until every port is chosen, so that no two are the same; the agents bind them when they start.
         let mut held = Vec::new();
+        let ip = own_loopback();
         let mut reserve = || -> std::io::Result<SocketAddr> {
-            let l = free_port()?;
+            let l = free_port(ip)?;
             let a = l.local_addr()?;
             held.push(l);
             Ok(a)
         };
         for p in ProcId::BOTH {
             let me = Addrs { control: reserve()?, work: reserve()?, link: reserve()? };
-            let (control, work, link) = (free_port()?, free_port()?, free_port()?);
+            let (control, work, link) = (free_port(ip)?, free_port(ip)?, free_port(ip)?);
             let public_addrs =
                 Addrs { control: control.local_addr()?, work: work.local_addr()?, link: link.local_addr()? };
             let g = &gates[p];

@@ -1,0 +1,47 @@
+//! A representative subset of the scenario matrix on real QEMU guests (the
+//! whole matrix is `make soak`): an unplanned failover, a loss in the simplex
+//! window, a link cut during the evaluation, an agent crash in the active, a
+//! cancelled upgrade and a killed orchestrator resumed. The runner judges each
+//! end and its invariants (from the workload's histories) against its file.
+#![allow(clippy::unwrap_used)]
+
+use hitless::scenario::runner::{self, Where};
+use hitless::scenario::Scenario;
+use hitless_tests::repo;
+
+async fn run(name: &str) {
+    let s = Scenario::load(&repo().join(format!("vm-configs/scenarios/{name}.yaml"))).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = runner::run(&s, Where::Qemu, out.path(), |e| eprintln!("{}", hitless::events::render(e))).await;
+    assert!(o.passed && !o.skipped, "{name}: {o:#?}");
+}
+
+#[tokio::test]
+async fn kill_active_at_207() {
+    run("kill-active-at-207").await;
+}
+
+#[tokio::test]
+async fn kill_active_at_202() {
+    run("kill-active-at-202").await;
+}
+
+#[tokio::test]
+async fn cut_link_during_evaluation() {
+    run("cut-link-during-evaluation").await;
+}
+
+#[tokio::test]
+async fn crash_agent_active_at_204() {
+    run("crash-agent-active-at-204").await;
+}
+
+#[tokio::test]
+async fn cancel_at_203() {
+    run("cancel-at-203").await;
+}
+
+#[tokio::test]
+async fn orchestrator_killed_at_203() {
+    run("orchestrator-killed-at-203").await;
+}
