@@ -46,6 +46,8 @@ pub struct Outcome {
     pub gaps_ms: Vec<u64>,
     /// Unplanned failovers: from confirming the loss to the new active's promotion, ms.
     pub failover_ms: Vec<u64>,
+    /// From the first fault to the first work unit acked by the other processor, ms (the service's view of a failover).
+    pub acking_again_ms: Option<u64>,
     /// How long it took.
     pub duration_ms: u64,
     /// Whether it ended as expected.
@@ -61,7 +63,8 @@ pub struct Outcome {
 /// Run `s` on a fresh pair on `place`, keeping what it left in `out/<name>/`;
 /// `echo` sees every event (live progress).
 pub async fn run(s: &Scenario, place: Where, out: &Path, echo: impl Fn(&Entry) + Send + Sync + 'static) -> Outcome {
-    let dir = out.join(&s.name);
+    // Absolute: image paths under it are handed to QEMU, which resolves relative ones elsewhere.
+    let dir = std::path::absolute(out.join(&s.name)).unwrap_or_else(|_| out.join(&s.name));
     let t = Instant::now();
     let mut o = Outcome {
         scenario: s.name.clone(),
@@ -72,6 +75,7 @@ pub async fn run(s: &Scenario, place: Where, out: &Path, echo: impl Fn(&Entry) +
         expected_violated: s.expect.violated.clone(),
         gaps_ms: Vec::new(),
         failover_ms: Vec::new(),
+        acking_again_ms: None,
         duration_ms: 0,
         passed: false,
         why: None,
@@ -92,6 +96,7 @@ pub async fn run(s: &Scenario, place: Where, out: &Path, echo: impl Fn(&Entry) +
         let _ = std::fs::write(dir.join("events.yaml"), y);
     }
     o.duration_ms = t.elapsed().as_millis() as u64;
+    o.acking_again_ms = acking_again(&entries, &dir);
     match result {
         Ok(Attempt::Skipped(why)) => {
             o.end = "skipped".into();
@@ -125,6 +130,21 @@ pub async fn run(s: &Scenario, place: Where, out: &Path, echo: impl Fn(&Entry) +
         }
     }
     o
+}
+
+/// From the first fault to the first ack served by a processor other than the
+/// one that served just before it: the pause a client saw (histories in `dir`).
+fn acking_again(entries: &[Entry], dir: &Path) -> Option<u64> {
+    let fault_at = entries.iter().find(|e| matches!(e.event, Event::Fault { .. }))?.at_ms;
+    let (run, started) = entries.iter().find_map(|e| match &e.event {
+        Event::WorkloadStarted { run } => Some((run.clone(), e.at_ms)),
+        _ => None,
+    })?;
+    let history = crate::history::History::read(&dir.join("history").join(format!("{run}.jsonl"))).ok()?;
+    let acks: Vec<_> = history.records.iter().filter(|r| r.kind == crate::history::Kind::Ack).collect();
+    let before = acks.iter().rev().find(|r| started + r.t_ms <= fault_at)?.processor.clone();
+    let after = acks.iter().find(|r| started + r.t_ms > fault_at && r.processor != before)?;
+    Some(started + after.t_ms - fault_at)
 }
 
 /// Compare what happened with what `s` expects.
