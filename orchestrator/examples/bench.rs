@@ -78,7 +78,8 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..runs {
         let out = tempfile::tempdir()?;
         let o =
-            hitless::scenario::runner::run(&scenario, hitless::scenario::runner::Where::Qemu, out.path(), |_| {}).await;
+            hitless::scenario::runner::run(&scenario, hitless::scenario::runner::Where::Qemu, out.path(), None, |_| {})
+                .await;
         if !o.passed {
             fo_failed += 1;
             eprintln!("failover run {}: not as expected: {}", i + 1, o.why.unwrap_or_default());

@@ -23,6 +23,8 @@ pub mod exit {
     pub const INVARIANT: u8 = 4;
     /// `status`: the pair is not healthy (no active, a processor down, a standby not current).
     pub const UNHEALTHY: u8 = 5;
+    /// `--timeout` expired: the run was stopped cleanly, as Ctrl-C would, and says where.
+    pub const TIMED_OUT: u8 = 124;
     /// Interrupted by Ctrl-C or SIGTERM; everything started was stopped.
     pub const INTERRUPTED: u8 = 130;
 }

@@ -30,7 +30,8 @@ versions, images and replication, `hitless down` stops everything. The run direc
 logs, state, journal, transcript) lets later commands re-attach.",
     after_help = "Exit codes: 0 done; 1 a step or the input failed; 2 not acceptable, rolled back; \
 3 environment (QEMU missing, testbed not up / already up, the pair busy, upgrade interrupted); \
-4 an invariant was violated; 5 `status`: the pair is not healthy; 130 interrupted.\n\nExamples:\n  hitless up\n  hitless upgrade --to 2.0.0\n  hitless status\n  hitless down"
+4 an invariant was violated; 5 `status`: the pair is not healthy; 124 `--timeout` expired (stopped cleanly); \
+130 interrupted.\n\nExamples:\n  hitless up\n  hitless upgrade --to 2.0.0\n  hitless status\n  hitless down"
 )]
 struct Cli {
     /// Testbed configuration.
@@ -39,9 +40,12 @@ struct Cli {
     /// Run directory (default: $XDG_RUNTIME_DIR/hitless/<name> or /tmp/hitless-<uid>/<name>).
     #[arg(long, global = true)]
     run_dir: Option<PathBuf>,
-    /// More output (-v debug, -vv trace).
+    /// More output (-v the orchestrator's debug log, -vv everything's trace log).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Only the summary: no progress lines.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -80,9 +84,19 @@ enum Cmd {
         /// Do not run the built-in workload.
         #[arg(long)]
         no_workload: bool,
+        /// Stop cleanly (as Ctrl-C does) if the upgrade is not done after this long (e.g. 90s, 5m); exit 124.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Print a JSON summary (end, steps with durations, gaps, invariants) as the last thing on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Roll an unfinished upgrade back to the old version (refused after step 207).
-    Rollback,
+    Rollback {
+        /// Print a JSON summary as the last thing on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Bring the pair back to one active and one current standby after a processor died.
     ///
     /// Resumes a paused machine, fences one whose agent does not answer,
@@ -90,7 +104,11 @@ enum Cmd {
     /// epoch) if nothing is active, reloads the other with the version its
     /// partner runs and makes it standby. Says so when nothing holds the
     /// run-state (both down) and changes nothing then.
-    Repair,
+    Repair {
+        /// Print a JSON summary (actions, health) as the last thing on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Enable new features on both processors, as step 207 does (the point of no return).
     ///
     /// Refused, with each agent's reason, unless both processors run a version
@@ -109,6 +127,9 @@ enum Cmd {
         /// Target version (a key of `versions:` in the config).
         #[arg(long)]
         to: String,
+        /// Stop cleanly (as Ctrl-C does) if the rehearsal is not done after this long; exit 124.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Run scenario files, each on a fresh pair, and print a results table.
     ///
@@ -141,9 +162,65 @@ enum Cmd {
         /// The version chaos scenarios upgrade to.
         #[arg(long, default_value = "2.0.0")]
         to: String,
+        /// Run only shard K of N (e.g. 2/4): the scenarios split deterministically, so N runners run each once.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<(usize, usize)>,
+        /// Stop a scenario cleanly (as Ctrl-C does) if it is not done after this long; it then fails, saying where.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Print the results as JSON as the last thing on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a processor's serial console as it is written (Ctrl-C to stop).
+    Console {
+        /// The processor (e.g. p121).
+        processor: String,
+        /// Lines of what is already there to show first.
+        #[arg(long, default_value_t = 20)]
+        lines: usize,
     },
     /// Stop everything the testbed runs and remove its run directory. Idempotent.
     Down,
+}
+
+/// `90s`, `5m`, `1.5s`, `300ms`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match s.strip_suffix('m').filter(|n| !n.ends_with('m')) {
+        Some(mins) => {
+            mins.parse::<u64>().map(|m| std::time::Duration::from_secs(m * 60)).map_err(|e| format!("{s:?}: {e}"))
+        }
+        None => s.parse::<hitless::faults::Dur>().map(|d| d.0),
+    }
+}
+
+/// `K/N` with 1 <= K <= N.
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: expected K/N with 1 <= K <= N, e.g. 2/4");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (usize, usize) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if k == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
+}
+
+/// A report as JSON: what CI reads.
+fn summary(tb: &Testbed, r: &Report) -> serde_json::Value {
+    let report_html = tb.run().transcript().with_file_name("report.html");
+    serde_json::json!({
+        "end": r.end,
+        "message": r.message,
+        "stopped_at": r.stopped_at,
+        "cancelled_at": r.cancelled_at,
+        "steps": r.steps.iter().map(|(s, ms, o)| serde_json::json!({"step": s, "took_ms": ms, "outcome": format!("{o:?}")})).collect::<Vec<_>>(),
+        "gaps": r.gaps.iter().map(|(s, ms)| serde_json::json!({"step": s, "gap_ms": ms})).collect::<Vec<_>>(),
+        "failovers": r.failovers.iter().map(|(f, t, ms)| serde_json::json!({"from": f, "to": t, "took_ms": ms})).collect::<Vec<_>>(),
+        "invariants": r.invariants,
+        "acked": r.acked,
+        "transcript": tb.run().transcript(),
+        "report": report_html.exists().then_some(report_html),
+    })
 }
 
 /// `--run-dir`, or the default for the config's testbed name (loading the config only then).
@@ -162,16 +239,18 @@ struct RunEnd {
     code: u8,
 }
 
-/// Print a report's summary; its end decides the exit code.
-fn finish(tb: &Testbed, r: &Report) -> anyhow::Result<()> {
-    println!("\nsummary ({}):", r.end);
-    for (step, gap) in &r.gaps {
-        println!("  service gap at step {step}: {gap} ms");
+/// Print a report's summary (unless `silent`: `--json` prints its own); its end decides the exit code.
+fn finish(tb: &Testbed, r: &Report, silent: bool) -> anyhow::Result<()> {
+    if !silent {
+        println!("\nsummary ({}):", r.end);
+        for (step, gap) in &r.gaps {
+            println!("  service gap at step {step}: {gap} ms");
+        }
+        for v in &r.invariants {
+            println!("  {} {}: {}", if v.ok { "ok  " } else { "FAIL" }, v.name, v.detail);
+        }
+        println!("  transcript: {}", tb.run().transcript().display());
     }
-    for v in &r.invariants {
-        println!("  {} {}: {}", if v.ok { "ok  " } else { "FAIL" }, v.name, v.detail);
-    }
-    println!("  transcript: {}", tb.run().transcript().display());
     let code = match r.end {
         _ if !r.invariants_ok() && r.end != End::Failed => exit::INVARIANT,
         End::Completed => return Ok(()),
@@ -305,7 +384,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             }
             .into())
         }
-        Cmd::Upgrade { to, dry_run, resume, no_workload } => {
+        Cmd::Upgrade { to, dry_run, resume, no_workload, timeout, json } => {
             let access = if *dry_run { Access::Observe } else { Access::Change("hitless upgrade") };
             let mut tb = Testbed::attach(run_dir(&cli, "")?, events, access)?;
             if *dry_run {
@@ -325,24 +404,49 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             }
             let opts = Options { resume: *resume, workload: !no_workload };
             let to = to.as_deref().unwrap_or_default();
-            let report = with_signals(|cancel| procedure::upgrade_with(&mut tb, to, opts, cancel)).await;
-            report_or_cancelled(&tb, report?)
+            let (report, timed_out) =
+                with_signals(*timeout, |cancel| procedure::upgrade_with(&mut tb, to, opts, cancel)).await;
+            let report = report?;
+            if *json {
+                let _ = finish(&tb, &report, true);
+                println!("{}", serde_json::to_string_pretty(&summary(&tb, &report)).unwrap_or_default());
+            }
+            report_or_cancelled(&tb, report, timed_out, *json)
         }
-        Cmd::Rollback => {
+        Cmd::Rollback { json } => {
             let mut tb = Testbed::attach(run_dir(&cli, "")?, events, Access::Change("hitless rollback"))?;
             let report = procedure::rollback(&mut tb).await?;
-            finish(&tb, &report)
+            let ended = finish(&tb, &report, *json);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&summary(&tb, &report)).unwrap_or_default());
+            }
+            ended
         }
-        Cmd::Repair => {
+        Cmd::Repair { json } => {
             let mut tb = Testbed::attach(run_dir(&cli, "")?, events, Access::Change("hitless repair"))?;
             let done = procedure::repair(&mut tb).await?;
-            for a in &done.actions {
-                println!("{a}");
+            if !json {
+                for a in &done.actions {
+                    println!("{a}");
+                }
             }
-            if let Some(j) = procedure::read_journal(tb.run()).filter(|j| !j.step.is_end()) {
+            let interrupted = procedure::read_journal(tb.run()).filter(|j| !j.step.is_end());
+            if let Some(j) = interrupted.as_ref().filter(|_| !json) {
                 println!("an upgrade to {} was interrupted at step {}: continue with `hitless upgrade --resume` or `hitless rollback`", j.plan.to, j.step);
             }
-            print_status(&tb, false).await;
+            if *json {
+                let problems: Vec<String> =
+                    hitless::health::assess(&tb.status().await).iter().map(ToString::to_string).collect();
+                let out = serde_json::json!({
+                    "actions": done.actions,
+                    "healthy": problems.is_empty(),
+                    "problems": problems,
+                    "interrupted_at": interrupted.map(|j| j.step),
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            } else {
+                print_status(&tb, false).await;
+            }
             Ok(())
         }
         Cmd::Enable { features } => {
@@ -359,7 +463,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             procedure::enable_features(&tb, &features).await.context("enabling features")?;
             Ok(())
         }
-        Cmd::Simulate { to } => {
+        Cmd::Simulate { to, timeout } => {
             let cfg = Config::load(&cli.config).map_err(Error::from)?;
             let run = match &cli.run_dir {
                 Some(d) => RunDir::new(d),
@@ -369,10 +473,18 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             cfg.version(to).map_err(|e: InputError| Error::from(e))?;
             let mut tb = Testbed::simulated(cfg, run, events).await?;
             let opts = Options { resume: false, workload: true };
-            let report = with_signals(|cancel| procedure::upgrade_with(&mut tb, to, opts, cancel)).await;
-            report_or_cancelled(&tb, report?)
+            let (report, timed_out) =
+                with_signals(*timeout, |cancel| procedure::upgrade_with(&mut tb, to, opts, cancel)).await;
+            report_or_cancelled(&tb, report?, timed_out, false)
         }
-        Cmd::Run { files, simulated, out, chaos, seed, count, only, to } => {
+        Cmd::Console { processor, lines } => {
+            let run = run_dir(&cli, "")?;
+            let state = run.load_state().map_err(|_| hitless::error::EnvironmentError::NotUp(run.root.clone()))?;
+            let cfg = Config::load(&state.config).map_err(Error::from)?;
+            let p = cfg.proc_id(processor).map_err(Error::from)?;
+            follow(&run.serial(&cfg.processors[p].name), *lines, &run).await
+        }
+        Cmd::Run { files, simulated, out, chaos, seed, count, only, to, shard, timeout, json } => {
             let place = if *simulated { Where::Simulated } else { Where::Qemu };
             let scenarios: Vec<Scenario> = if *chaos {
                 let seed = seed.unwrap_or_default();
@@ -394,15 +506,29 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 // Every file is checked before any pair starts.
                 files.iter().map(|f| Scenario::load(f)).collect::<Result<_, _>>()?
             };
+            // A shard: every N-th scenario in a fixed order, so N runners together run each once.
+            let scenarios: Vec<Scenario> = match shard {
+                Some((k, n)) => {
+                    let mut all = scenarios;
+                    all.sort_by(|a, b| a.name.cmp(&b.name));
+                    all.into_iter().enumerate().filter(|(i, _)| i % n == k - 1).map(|(_, s)| s).collect()
+                }
+                None => scenarios,
+            };
             let out = out.clone().unwrap_or_else(|| {
                 let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 PathBuf::from(format!(".cache/runs/{t}"))
             });
             let mut results = Vec::new();
             for (i, s) in scenarios.iter().enumerate() {
-                eprintln!("\n=== [{}/{}] {}: {}", i + 1, scenarios.len(), s.name, s.description);
-                let name = s.name.clone();
-                let o = runner::run(s, place, &out, move |e| {
+                if !cli.quiet {
+                    eprintln!("\n=== [{}/{}] {}: {}", i + 1, scenarios.len(), s.name, s.description);
+                }
+                let (name, quiet) = (s.name.clone(), cli.quiet);
+                let o = runner::run(s, place, &out, *timeout, move |e| {
+                    if quiet {
+                        return;
+                    }
                     if matches!(
                         e.event,
                         Event::StepBegin { .. }
@@ -438,10 +564,14 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 }
                 results.push(o);
             }
-            println!("\n{}", runner::table(&results));
-            let _ =
-                std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results).unwrap_or_default());
-            println!("transcripts and histories in {}", out.display());
+            let results_json = serde_json::to_string_pretty(&results).unwrap_or_default();
+            let _ = std::fs::write(out.join("results.json"), &results_json);
+            if *json {
+                println!("{results_json}");
+            } else {
+                println!("\n{}", runner::table(&results));
+                println!("transcripts and histories in {}", out.display());
+            }
             let failed = results.iter().filter(|r| !r.passed).count();
             if failed > 0 {
                 return Err(RunEnd {
@@ -461,14 +591,25 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
     }
 }
 
-/// Run an upgrade that Ctrl-C or SIGTERM cancels cleanly (the pair falls back
-/// before 207, 207 is finished); a second signal stops at once.
-async fn with_signals<F, Fut>(start: F) -> Result<Report, Error>
+/// Run an upgrade that Ctrl-C or SIGTERM — or `timeout` — cancels cleanly (the
+/// pair falls back before 207, 207 is finished); a second signal stops at once.
+/// Also says whether the timeout fired.
+async fn with_signals<F, Fut>(timeout: Option<std::time::Duration>, start: F) -> (Result<Report, Error>, bool)
 where
     F: FnOnce(Option<procedure::Cancel>) -> Fut,
     Fut: std::future::Future<Output = Result<Report, Error>>,
 {
     let (canceller, cancel) = procedure::Cancel::new();
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timer = timeout.map(|t| {
+        let (canceller, timed_out) = (canceller.clone(), timed_out.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(t).await;
+            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+            eprintln!("hitless: --timeout {} expired: stopping cleanly", hitless::faults::Dur(t));
+            canceller.cancel_because(&format!("timed out after {}", hitless::faults::Dur(t)));
+        })
+    });
     let signals = tokio::spawn(async move {
         if wait_signal().await.is_ok() {
             eprintln!("hitless: cancelling: the step in progress is abandoned and the pair falls back (again to stop at once)");
@@ -483,16 +624,51 @@ where
     });
     let report = start(Some(cancel)).await;
     signals.abort();
-    report
+    if let Some(t) = timer {
+        t.abort();
+    }
+    (report, timed_out.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-/// A report's exit: a cancelled run exits 130 (its pair left stable), else by its end.
-fn report_or_cancelled(tb: &Testbed, report: Report) -> anyhow::Result<()> {
+/// A report's exit: a timed-out run exits 124, a cancelled one 130 (its pair left stable), else by its end.
+fn report_or_cancelled(tb: &Testbed, report: Report, timed_out: bool, silent: bool) -> anyhow::Result<()> {
     if report.cancelled_at.is_some() {
-        let _ = finish(tb, &report);
-        return Err(RunEnd { message: report.message.clone(), code: exit::INTERRUPTED }.into());
+        let _ = finish(tb, &report, silent);
+        let code = if timed_out { exit::TIMED_OUT } else { exit::INTERRUPTED };
+        return Err(RunEnd { message: report.message.clone(), code }.into());
     }
-    finish(tb, &report)
+    finish(tb, &report, silent)
+}
+
+/// Print the last `lines` of `log`, then what is appended to it, until Ctrl-C or the testbed goes down.
+async fn follow(log: &std::path::Path, lines: usize, run: &RunDir) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::File::open(log).with_context(|| format!("{} (is the processor up?)", log.display()))?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    for l in &all[all.len().saturating_sub(lines)..] {
+        println!("{l}");
+    }
+    let mut at = f.seek(SeekFrom::End(0))?;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    let mut buf = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+        if !run.state_file().exists() {
+            eprintln!("the testbed went down");
+            return Ok(());
+        }
+        buf.clear();
+        f.seek(SeekFrom::Start(at))?;
+        f.read_to_end(&mut buf)?;
+        at += buf.len() as u64;
+        std::io::stdout().write_all(&buf)?;
+        std::io::stdout().flush()?;
+    }
 }
 
 /// The next Ctrl-C or SIGTERM.
@@ -516,17 +692,22 @@ fn default_sigpipe() {
 fn main() -> ExitCode {
     default_sigpipe();
     let cli = Cli::parse();
+    // Only hitless speaks on the terminal: libraries' logs (qapi's on every QMP `quit`) only with -vv.
     let level = match cli.verbose {
-        0 => "warn",
-        1 => "debug",
+        0 => "off,hitless=warn",
+        1 => "off,hitless=debug",
         _ => "trace",
     };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HITLESS_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let events = Events::new();
-    events.subscribe(|e| eprintln!("{}", render(e)));
+    if !cli.quiet {
+        events.subscribe(|e| eprintln!("{}", render(e)));
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

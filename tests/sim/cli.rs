@@ -125,3 +125,71 @@ fn hitless_simulate_rehearses_the_upgrade_and_exits_by_its_outcome() {
     assert!(err.contains("version 9.9.9 is not in") && err.contains("known: 1.0.0, 2.0.0"), "{err}");
     assert!(!run_dir.exists(), "an unknown version started something");
 }
+
+#[test]
+fn a_timeout_stops_cleanly_names_the_step_and_exits_124() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = hitless(&["simulate", "--to", "2.0.0", "--timeout", "200ms", "--run-dir", run_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(124), "{said}");
+    assert!(
+        said.contains("timed out after 200ms at step 20") && said.contains("one active and one current standby"),
+        "{said}"
+    );
+}
+
+#[test]
+fn json_is_the_last_thing_on_stdout_and_quiet_keeps_only_the_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let scenario = repo().join("vm-configs/scenarios/kill-active-at-207.yaml");
+    let out = hitless(&[
+        "run",
+        "--simulated",
+        "--json",
+        "--quiet",
+        "--out",
+        out_dir.to_str().unwrap(),
+        scenario.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results[0]["scenario"], "kill-active-at-207");
+    assert_eq!(results[0]["end"], "stopped-at-step 207");
+    assert_eq!(results[0]["passed"], true);
+    assert!(results[0]["failover_ms"][0].as_u64().is_some(), "{results}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("step 203"), "--quiet printed progress: {stderr}");
+}
+
+#[test]
+fn shards_split_the_scenarios_so_that_every_one_runs_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files: Vec<String> = ["happy-path", "bad-eval", "kill-standby-at-201", "cancel-at-207", "corrupt-target-image"]
+        .iter()
+        .map(|n| repo().join(format!("vm-configs/scenarios/{n}.yaml")).display().to_string())
+        .collect();
+    let mut seen = Vec::new();
+    for k in 1..=2 {
+        let out_dir = tmp.path().join(format!("out{k}"));
+        let mut args = vec!["run", "--simulated", "--json", "--quiet", "--out", out_dir.to_str().unwrap()];
+        let shard = format!("{k}/2");
+        args.extend(["--shard", &shard]);
+        args.extend(files.iter().map(String::as_str));
+        let out = hitless(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        seen.extend(results.iter().map(|r| r["scenario"].as_str().unwrap_or_default().to_string()));
+    }
+    seen.sort();
+    let mut want = vec!["bad-eval", "cancel-at-207", "corrupt-target-image", "happy-path", "kill-standby-at-201"];
+    want.sort();
+    assert_eq!(seen, want, "each scenario exactly once across the shards");
+    let bad = hitless(&["run", "--simulated", "--shard", "3/2", files[0].as_str()]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "clap rejects a bad shard");
+}

@@ -36,7 +36,7 @@ fn every_shipped_scenario_ends_as_expected_on_the_simulated_pair() {
                 std::thread::spawn(move || {
                     let rt =
                         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-                    rt.block_on(runner::run(&s, Where::Simulated, &out, |_| {}))
+                    rt.block_on(runner::run(&s, Where::Simulated, &out, None, |_| {}))
                 })
             })
             .collect();
@@ -53,7 +53,7 @@ async fn transcript_of(name: &str) -> (Outcome, String) {
     let out = tempfile::tempdir().unwrap();
     let seen: Arc<Mutex<Vec<Entry>>> = Arc::default();
     let sink = seen.clone();
-    let o = runner::run(&s, Where::Simulated, out.path(), move |e| sink.lock().unwrap().push(e.clone())).await;
+    let o = runner::run(&s, Where::Simulated, out.path(), None, move |e| sink.lock().unwrap().push(e.clone())).await;
     let entries = seen.lock().unwrap().clone();
     (o, condensed(&entries))
 }

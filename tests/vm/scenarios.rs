@@ -12,7 +12,7 @@ use hitless_tests::repo;
 async fn run(name: &str) {
     let s = Scenario::load(&repo().join(format!("vm-configs/scenarios/{name}.yaml"))).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let o = runner::run(&s, Where::Qemu, out.path(), |e| eprintln!("{}", hitless::events::render(e))).await;
+    let o = runner::run(&s, Where::Qemu, out.path(), None, |e| eprintln!("{}", hitless::events::render(e))).await;
     assert!(o.passed && !o.skipped, "{name}: {o:#?}");
 }
 

@@ -38,6 +38,8 @@ pub struct Report {
     pub cancelled_at: Option<Step>,
     /// Unplanned failovers: (lost, took over, ms from confirming the loss to the promotion).
     pub failovers: Vec<(String, String, u64)>,
+    /// Each step taken, with how long it took (ms) and how it ended.
+    pub steps: Vec<(Step, u64, Outcome)>,
 }
 
 impl Report {
@@ -61,36 +63,48 @@ pub struct Options {
 /// progress is abandoned and the pair falls back to the old version; step 207
 /// (the point of no return) is finished first.
 #[derive(Clone, Debug)]
-pub struct Cancel(tokio::sync::watch::Receiver<bool>);
+pub struct Cancel(tokio::sync::watch::Receiver<Option<String>>);
 
 /// The other end of a [`Cancel`].
-#[derive(Debug)]
-pub struct Canceller(tokio::sync::watch::Sender<bool>);
+#[derive(Debug, Clone)]
+pub struct Canceller(tokio::sync::watch::Sender<Option<String>>);
 
 impl Cancel {
     /// A cancel and the handle that triggers it.
     pub fn new() -> (Canceller, Cancel) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (tx, rx) = tokio::sync::watch::channel(None);
         (Canceller(tx), Cancel(rx))
     }
 
-    fn is_cancelled(&self) -> bool {
-        *self.0.borrow()
+    /// Why it was cancelled, if it was.
+    fn reason(&self) -> Option<String> {
+        self.0.borrow().clone()
     }
 
     async fn cancelled(&self) {
         let mut rx = self.0.clone();
         // An error means the canceller is gone: then nobody can cancel, wait forever.
-        if rx.wait_for(|c| *c).await.is_err() {
+        if rx.wait_for(Option::is_some).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
 }
 
 impl Canceller {
-    /// Cancel the upgrade.
+    /// Cancel the upgrade (as Ctrl-C does).
     pub fn cancel(&self) {
-        self.0.send_replace(true);
+        self.cancel_because("cancelled");
+    }
+
+    /// Cancel it, saying why ("timed out after 2m").
+    pub fn cancel_because(&self, why: &str) {
+        self.0.send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(why.to_string());
+            }
+            first
+        });
     }
 }
 
@@ -121,6 +135,8 @@ pub(super) struct Run<'a> {
     pub(super) cancelled_at: Option<Step>,
     /// The first step that failed or lost its active in this run.
     pub(super) first_failure: Option<Step>,
+    /// Each step taken: how long, and how it ended.
+    pub(super) taken: Vec<(Step, u64, Outcome)>,
 }
 
 /// Run the upgrade to `to` (or resume it from the journal). Ends in a report
@@ -220,6 +236,7 @@ impl<'a> Run<'a> {
             cancel: None,
             cancelled_at: None,
             first_failure: None,
+            taken: Vec::new(),
         })
     }
 
@@ -230,7 +247,7 @@ impl<'a> Run<'a> {
         self.tb.designate(active);
         while !step.is_end() {
             if self.cancelled_at.is_none()
-                && self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+                && self.cancel.as_ref().and_then(Cancel::reason).is_some()
                 && step.rollback_allowed()
                 && step != Step::Fallback
             {
@@ -244,9 +261,10 @@ impl<'a> Run<'a> {
 
     /// The upgrade was cancelled as `step` was next (or running): fall back.
     fn cancelled(&mut self, step: Step) -> Step {
-        self.tb.events().progress(format!("cancelled at step {step}: falling back to {}", self.plan.from));
+        let reason = self.cancel.as_ref().and_then(Cancel::reason).unwrap_or_else(|| "cancelled".into());
+        self.tb.events().progress(format!("{reason} at step {step}: falling back to {}", self.plan.from));
         self.cancelled_at = Some(step);
-        self.why = Some(format!("cancelled at step {step}"));
+        self.why = Some(format!("{reason} at step {step}"));
         self.fallback_from = Some(step);
         Step::Fallback
     }
@@ -338,6 +356,7 @@ impl<'a> Run<'a> {
         };
         let pair = self.tb.pair_view().await;
         self.tb.events().emit(Event::StepDone { step, pair, took_ms: t.elapsed().as_millis() as u64 });
+        self.taken.push((step, t.elapsed().as_millis() as u64, outcome));
         let to = next(step, outcome).unwrap_or(Step::Failed);
         if matches!(outcome, Outcome::Error | Outcome::Lost | Outcome::FailedOver) {
             self.first_failure.get_or_insert(step);
@@ -460,6 +479,7 @@ impl<'a> Run<'a> {
             stopped_at,
             cancelled_at: self.cancelled_at,
             failovers,
+            steps: self.taken.clone(),
         }
     }
 

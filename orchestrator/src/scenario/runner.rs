@@ -62,7 +62,13 @@ pub struct Outcome {
 
 /// Run `s` on a fresh pair on `place`, keeping what it left in `out/<name>/`;
 /// `echo` sees every event (live progress).
-pub async fn run(s: &Scenario, place: Where, out: &Path, echo: impl Fn(&Entry) + Send + Sync + 'static) -> Outcome {
+pub async fn run(
+    s: &Scenario,
+    place: Where,
+    out: &Path,
+    timeout: Option<Duration>,
+    echo: impl Fn(&Entry) + Send + Sync + 'static,
+) -> Outcome {
     // Absolute: image paths under it are handed to QEMU, which resolves relative ones elsewhere.
     let dir = std::path::absolute(out.join(&s.name)).unwrap_or_else(|_| out.join(&s.name));
     let t = Instant::now();
@@ -89,7 +95,7 @@ pub async fn run(s: &Scenario, place: Where, out: &Path, echo: impl Fn(&Entry) +
     }
     let events = Events::new();
     events.subscribe(echo);
-    let result = attempt(s, place, &dir, &events).await;
+    let result = attempt(s, place, &dir, &events, timeout).await;
     // Whatever happened, its record is kept.
     let entries = events.entries();
     if let Ok(y) = serde_saphyr::to_string(&entries) {
@@ -244,7 +250,13 @@ fn corrupt_copy(cfg: &mut Config, version: &str, dir: &Path) -> Result<(), Error
     Ok(())
 }
 
-async fn attempt(s: &Scenario, place: Where, dir: &Path, events: &Events) -> Result<Attempt, Error> {
+async fn attempt(
+    s: &Scenario,
+    place: Where,
+    dir: &Path,
+    events: &Events,
+    timeout: Option<Duration>,
+) -> Result<Attempt, Error> {
     let mut cfg = Config::load(&s.config)?;
     if let Some(e) = s.evaluation_ms {
         cfg.evaluation_ms = e;
@@ -274,7 +286,7 @@ async fn attempt(s: &Scenario, place: Where, dir: &Path, events: &Events) -> Res
         Where::Qemu => Testbed::up(cfg, run.clone(), events.clone()).await?,
         Where::Simulated => Testbed::simulated(cfg, run.clone(), events.clone()).await?,
     };
-    let result = drive(s, &mut tb, &corrupt).await;
+    let result = drive(s, &mut tb, &corrupt, timeout).await;
     // Keep the record, then take the pair down.
     for f in ["transcript.yaml", "journal.json"] {
         let _ = std::fs::copy(run.root.join(f), dir.join(f));
@@ -301,7 +313,7 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// The upgrade with the scenario's faults.
-async fn drive(s: &Scenario, tb: &mut Testbed, corrupt: &[&str]) -> Result<Report, Error> {
+async fn drive(s: &Scenario, tb: &mut Testbed, corrupt: &[&str], timeout: Option<Duration>) -> Result<Report, Error> {
     if let Some(sim) = tb.simulated_pair() {
         for v in corrupt {
             sim.corrupt(v);
@@ -315,6 +327,14 @@ async fn drive(s: &Scenario, tb: &mut Testbed, corrupt: &[&str]) -> Result<Repor
     let mut asks = faults::arm(&live, handles, tokio::runtime::Handle::current());
     let opts = Options { resume: false, workload: s.workload };
     let (canceller, cancel) = Cancel::new();
+    // Stopped cleanly, as Ctrl-C would, when the scenario takes too long; aborted when it is over.
+    let _timer = AbortOnDrop(timeout.map(|t| {
+        let canceller = canceller.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(t).await;
+            canceller.cancel_because(&format!("timed out after {}", crate::faults::Dur(t)));
+        })
+    }));
     let first = {
         let fut = procedure::upgrade_with(tb, &s.to, opts, Some(cancel));
         tokio::pin!(fut);
@@ -338,6 +358,17 @@ async fn drive(s: &Scenario, tb: &mut Testbed, corrupt: &[&str]) -> Result<Repor
                 .emit(Event::Progress { message: "the orchestrator was killed; resuming from the journal".into() });
             tokio::time::sleep(Duration::from_millis(100)).await;
             procedure::upgrade(tb, &s.to, Options { resume: true, workload: s.workload }).await
+        }
+    }
+}
+
+/// Aborts a timer task when the scenario is over.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
         }
     }
 }
