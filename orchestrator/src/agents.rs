@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// How long an agent may take over a role command before answering: it may
 /// wait for its peer's hello (5 s) or flush its in-flight updates (5 s).
 const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(11);
+/// Idle control connections kept per processor (the watch, the procedure and a wait may ask at once).
+const IDLE_PER_PROCESSOR: usize = 4;
 /// Between attempts at an unanswered request.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -27,12 +29,17 @@ pub struct Agents {
     channels: Pair<Channel>,
     timeouts: Timeouts,
     reach: Reachability,
+    /// Idle control connections, kept for the next request: every new one is a
+    /// `CONNECT` through the vsock device, and vhost-device-vsock 0.3.0 has been
+    /// seen to lose a guest's connections under a steady churn of them.
+    idle: std::sync::Arc<Pair<std::sync::Mutex<Vec<AgentClient>>>>,
 }
 
 impl Agents {
     /// The agents called `names`, reached through `channels`; `reach` says whom to dial.
     pub fn new(names: Pair<String>, channels: Pair<Channel>, timeouts: Timeouts, reach: Reachability) -> Self {
-        Agents { names, channels, timeouts, reach }
+        let idle = std::sync::Arc::new(Pair::from_fn(|_| std::sync::Mutex::new(Vec::new())));
+        Agents { names, channels, timeouts, reach, idle }
     }
 
     /// How the host reaches `p`'s agent.
@@ -64,11 +71,27 @@ impl Agents {
             Reach::Paused => return Err(unreachable(not_dialled("its machine is paused (not dialled until it runs)"))),
             Reach::Up => {}
         }
-        let mut c = AgentClient::connect(&self.channels[p]).await.map_err(unreachable)?;
-        match c.request(req, timeout).await.map_err(unreachable)? {
+        let kept = self.idle[p].lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut c = match kept {
+            Some(c) => c,
+            None => AgentClient::connect(&self.channels[p]).await.map_err(unreachable)?,
+        };
+        // A connection that failed or timed out is dropped (its reply could still arrive); a good one is kept.
+        let reply = c.request(req, timeout).await.map_err(unreachable)?;
+        let mut idle = self.idle[p].lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_PER_PROCESSOR && !matches!(req, ControlRequest::Crash) {
+            idle.push(c);
+        }
+        drop(idle);
+        match reply {
             ControlReply::Error { message } => Err(self.refused(p, message)),
             r => Ok(r),
         }
+    }
+
+    /// Forget `p`'s kept connections (it was restarted: they lead to the old machine).
+    pub fn forget(&self, p: ProcId) {
+        self.idle[p].lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// How long one attempt at `req` may take, and whether it may be retried.

@@ -310,6 +310,7 @@ impl Testbed {
     /// Start `p`'s machine running `version`; count the boot, remember the version, say so.
     async fn start(&mut self, p: ProcId, version: &str) -> Result<Boot, Error> {
         let sw = self.software(version)?;
+        self.agents.forget(p);
         let boot_no = self.state.processors[p].boots + 1;
         let boot = self.machines.start(p, &sw, boot_no).await.map_err(|source| self.machine_err(p, source))?;
         let st = &mut self.state.processors[p];

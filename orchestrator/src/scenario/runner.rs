@@ -292,6 +292,17 @@ async fn attempt(
         let _ = std::fs::copy(run.root.join(f), dir.join(f));
     }
     let _ = copy_dir(&run.root.join("history"), &dir.join("history"));
+    // The consoles and helper logs: what a failure on QEMU is read from.
+    for p in tb.config().processors.values() {
+        let to = dir.join(&p.name);
+        if std::fs::create_dir_all(&to).is_ok() {
+            for f in [run.serial(&p.name), run.qemu_log(&p.name), run.vsock_log(&p.name)] {
+                if let Some(name) = f.file_name() {
+                    let _ = std::fs::copy(&f, to.join(name));
+                }
+            }
+        }
+    }
     let healthy = health::assess(&tb.status().await).is_empty();
     drop(tb);
     if place == Where::Qemu {
