@@ -42,8 +42,9 @@ lint:
 test: lint test-sim test-vm
 
 # Unit and snapshot tests, and the in-process tier (simulated pair, agents over
-# loopback, the CLI's bad-input paths): no VMs, no images, seconds.
-test-sim:
+# loopback, the CLI's bad-input paths, reports in headless Chromium): no VMs, no
+# images, seconds. setup installs Chromium and junitparser for the report tests.
+test-sim: setup
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p hitless-tests --test sim
 

@@ -144,6 +144,18 @@ enum Cmd {
     },
     /// Stop everything the testbed runs and remove its run directory. Idempotent.
     Down,
+    /// Render a run's transcript as one self-contained HTML page (timeline of
+    /// roles, versions, steps, faults and the workload; verdicts; header).
+    ///
+    /// The workload histories are read from `history/` beside the transcript.
+    /// Writes `report.html` beside the transcript unless `-o` names a file.
+    Report {
+        /// The transcript: `transcript.yaml` of a run directory or a scenario's directory (or that directory).
+        transcript: PathBuf,
+        /// Where to write the page (default: `report.html` beside the transcript).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `--run-dir`, or the default for the config's testbed name (loading the config only then).
@@ -465,6 +477,14 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 }
                 .into());
             }
+            Ok(())
+        }
+        Cmd::Report { transcript, output } => {
+            let page = match output {
+                Some(out) => hitless::report::write(transcript, out)?,
+                None => hitless::report::write_beside(transcript)?,
+            };
+            println!("{}", page.display());
             Ok(())
         }
         Cmd::Down => {
