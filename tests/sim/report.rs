@@ -11,7 +11,7 @@
 
 use hitless::procedure::{self, End, Options};
 use hitless::scenario::junit::junit;
-use hitless::scenario::runner::Outcome;
+use hitless::scenario::runner::{Outcome, Where};
 use hitless_tests::{assert_invariants, hitless_bin, repo, sim};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -148,6 +148,26 @@ fn hitless_report_draws_faults_losses_and_failovers_of_a_scenario() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(1), "{err}");
     assert!(err.contains("pair.yaml is not a hitless transcript"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_runs_index_links_each_report_with_its_result() {
+    let out = tempfile::tempdir().unwrap();
+    let file = repo().join("vm-configs/scenarios/cut-link-during-evaluation.yaml");
+    let scenario = hitless::scenario::Scenario::load(&file).unwrap();
+    let o = hitless::scenario::runner::run(&scenario, Where::Simulated, out.path(), |_| {}).await;
+    assert!(o.passed, "{:?}", o.why);
+    let never_ran = Outcome { dir: out.path().join("never-ran"), ..outcome("never-ran") };
+    let index = hitless::report::index(&[o, never_ran], out.path()).unwrap();
+    assert_eq!(index, out.path().join("index.html"));
+    let report = out.path().join("cut-link-during-evaluation/report.html");
+    assert!(report.is_file(), "the scenario's report was written");
+    let out = chromium_run(&index, &["--dump-dom"]);
+    assert_eq!(console(&out), Vec::<String>::new(), "console messages");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("<a href=\"cut-link-during-evaluation/report.html\">cut-link-during-evaluation</a>"), "{dom}");
+    assert!(dom.contains("<td class=\"ok\">as expected</td><td>rolled-back</td>"), "{dom}");
+    assert!(dom.contains("no report: no transcript in"), "{dom}");
 }
 
 /// A python3 that imports junitparser; `None` when there is no python3 at all.
