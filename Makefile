@@ -31,6 +31,8 @@ testbed: images
 	  $(HITLESS) status --config $(CONFIG) --run-dir $(RUN_DIR); \
 	  cp $(RUN_DIR)/transcript.yaml .cache/last-transcript.yaml 2>/dev/null && \
 	    echo "transcript kept in .cache/last-transcript.yaml (the run directory goes with down)"; \
+	  cp $(RUN_DIR)/report.html .cache/last-report.html 2>/dev/null && \
+	    echo "report kept in $(CURDIR)/.cache/last-report.html (open it in a browser)"; \
 	  $(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR); exit $$rc
 
 # The gate: one format, no clippy warnings.
@@ -42,8 +44,9 @@ lint:
 test: lint test-sim test-vm
 
 # Unit and snapshot tests, and the in-process tier (simulated pair, agents over
-# loopback, the CLI's bad-input paths): no VMs, no images, seconds.
-test-sim:
+# loopback, the CLI's bad-input paths, reports in headless Chromium): no VMs, no
+# images, seconds. setup installs Chromium and junitparser for the report tests.
+test-sim: setup
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p hitless-tests --test sim
 

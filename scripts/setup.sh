@@ -4,7 +4,9 @@
 #     alone removes the newer qemu-img the machine may ship; see HOST-NOTES),
 #   - busybox-static, cpio, e2fsprogs, kmod (initramfs and app disks),
 #   - vhost-device-vsock 0.3.0 into a project-local cargo root (.tools/),
-#   - the Debian cloud kernel package, downloaded and unpacked (no install).
+#   - the Debian cloud kernel package, downloaded and unpacked (no install),
+#   - chromium (headless, renders and checks the HTML reports in tests) and
+#     python3-junitparser (a test reads the JUnit XML with it).
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +28,10 @@ command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v depmod >/dev/null || need_pkgs+=(kmod)
 [ -e /usr/share/qemu/qboot.rom ] || need_pkgs+=(qemu-system-data)
+# Reports: headless Chromium loads report.html in a test; junitparser reads the JUnit XML.
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+python3 -c 'import junitparser' 2>/dev/null || /usr/bin/python3 -c 'import junitparser' 2>/dev/null ||
+  need_pkgs+=(python3-junitparser)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   # De-duplicate while keeping order.

@@ -47,6 +47,15 @@ impl Agents {
         &self.channels[p]
     }
 
+    /// Whether the workload may dial target `i` (in config order) now: only a running machine.
+    pub fn may_dial(&self) -> crate::workload::MayDial {
+        let reach = self.reach.clone();
+        std::sync::Arc::new(move |i| {
+            let p = if i == 0 { ProcId::FIRST } else { ProcId::SECOND };
+            matches!(reach(p), Reach::Up)
+        })
+    }
+
     /// Both channels, with the processors' names (what a workload needs).
     pub fn targets(&self) -> Vec<(String, Channel)> {
         ProcId::BOTH.iter().map(|p| (self.names[*p].clone(), self.channels[*p].clone())).collect()

@@ -6,12 +6,12 @@
 use crate::platform::Platform;
 use crate::procedure::{End, Step};
 use hitless_protocol::Role;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Something that happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     /// A line of progress with no structure.
@@ -152,6 +152,9 @@ pub enum Event {
         ok: bool,
         /// The evidence.
         detail: String,
+        /// The request ids that violate it (left out of the transcript when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offenders: Vec<String>,
     },
     /// How the run ended.
     Outcome {
@@ -163,7 +166,7 @@ pub enum Event {
 }
 
 /// A processor as seen at the end of a step: its role, or why it has none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Seen {
     /// Serving work units.
@@ -201,7 +204,7 @@ impl std::fmt::Display for Seen {
 }
 
 /// A processor's role and version, as in the transcript.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcView {
     /// Processor name.
     pub processor: String,
@@ -212,7 +215,7 @@ pub struct ProcView {
 }
 
 /// An event and when it happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// Milliseconds since the stream started.
     pub at_ms: u64,
@@ -315,7 +318,7 @@ pub fn render(e: &Entry) -> String {
             format!("{processor}: evaluation: {verdict} ({})", reasons.join("; "))
         }
         Event::ServiceGap { step, gap_ms } => format!("service gap at step {step}: {gap_ms} ms"),
-        Event::Invariant { name, ok, detail } => {
+        Event::Invariant { name, ok, detail, .. } => {
             format!("invariant {name}: {} ({detail})", if *ok { "ok" } else { "VIOLATED" })
         }
         Event::Outcome { end, message } => format!("outcome: {end}: {message}"),

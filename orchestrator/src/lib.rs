@@ -24,6 +24,7 @@
 //! | [`invariants`] | the checks over the history and the final state, as pure functions |
 //! | [`events`] | the one event stream behind terminal, transcript and tests |
 //! | [`transcript`] | the YAML record of a run |
+//! | [`report`] | a run's transcript as one self-contained HTML page; the index of a scenario run |
 //! | [`load`] | the throughput and ack-latency probe of `make bench` |
 //! | [`error`] | errors by who must act, and the exit codes |
 //! | [`wait`] | the one bounded wait, and the timeouts |
@@ -45,6 +46,7 @@ pub mod pair;
 pub mod platform;
 pub mod procedure;
 pub mod process;
+pub mod report;
 pub mod rundir;
 pub mod scenario;
 pub mod testbed;

@@ -171,6 +171,9 @@ enum Cmd {
         /// Print the results as JSON as the last thing on stdout.
         #[arg(long)]
         json: bool,
+        /// Also write the results as JUnit XML to this file (one testcase per scenario).
+        #[arg(long)]
+        junit: Option<PathBuf>,
     },
     /// Follow a processor's serial console as it is written (Ctrl-C to stop).
     Console {
@@ -182,6 +185,18 @@ enum Cmd {
     },
     /// Stop everything the testbed runs and remove its run directory. Idempotent.
     Down,
+    /// Render a run's transcript as one self-contained HTML page (timeline of
+    /// roles, versions, steps, faults and the workload; verdicts; header).
+    ///
+    /// The workload histories are read from `history/` beside the transcript.
+    /// Writes `report.html` beside the transcript unless `-o` names a file.
+    Report {
+        /// The transcript: `transcript.yaml` of a run directory or a scenario's directory (or that directory).
+        transcript: PathBuf,
+        /// Where to write the page (default: `report.html` beside the transcript).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `90s`, `5m`, `1.5s`, `300ms`.
@@ -250,6 +265,10 @@ fn finish(tb: &Testbed, r: &Report, silent: bool) -> anyhow::Result<()> {
             println!("  {} {}: {}", if v.ok { "ok  " } else { "FAIL" }, v.name, v.detail);
         }
         println!("  transcript: {}", tb.run().transcript().display());
+        let report = tb.run().transcript().with_file_name("report.html");
+        if report.exists() {
+            println!("  report:     {}", report.display());
+        }
     }
     let code = match r.end {
         _ if !r.invariants_ok() && r.end != End::Failed => exit::INVARIANT,
@@ -484,7 +503,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             let p = cfg.proc_id(processor).map_err(Error::from)?;
             follow(&run.serial(&cfg.processors[p].name), *lines, &run).await
         }
-        Cmd::Run { files, simulated, out, chaos, seed, count, only, to, shard, timeout, json } => {
+        Cmd::Run { files, simulated, out, chaos, seed, count, only, to, shard, timeout, json, junit } => {
             let place = if *simulated { Where::Simulated } else { Where::Qemu };
             let scenarios: Vec<Scenario> = if *chaos {
                 let seed = seed.unwrap_or_default();
@@ -566,6 +585,15 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             }
             let results_json = serde_json::to_string_pretty(&results).unwrap_or_default();
             let _ = std::fs::write(out.join("results.json"), &results_json);
+            // Each scenario's report, and the index that links them.
+            match hitless::report::index(&results, &out) {
+                Ok(index) => eprintln!("reports: {}", index.display()),
+                Err(e) => eprintln!("hitless: reports not written: {}", hitless::error::chain(&e)),
+            }
+            if let Some(file) = junit {
+                std::fs::write(file, hitless::scenario::junit::junit(&results))
+                    .with_context(|| format!("writing JUnit results to {}", file.display()))?;
+            }
             if *json {
                 println!("{results_json}");
             } else {
@@ -580,6 +608,14 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 }
                 .into());
             }
+            Ok(())
+        }
+        Cmd::Report { transcript, output } => {
+            let page = match output {
+                Some(out) => hitless::report::write(transcript, out)?,
+                None => hitless::report::write_beside(transcript)?,
+            };
+            println!("{}", page.display());
             Ok(())
         }
         Cmd::Down => {

@@ -5,11 +5,11 @@
 
 use crate::events::Entry;
 use crate::platform::Platform;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// What the run was: written above its events.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Header {
     /// Config file.
     pub config: String,

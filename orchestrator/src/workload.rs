@@ -54,11 +54,24 @@ impl Workload {
     /// Start submitting to the pair `(name, channel)`, beginning with `first`,
     /// with request ids of run `run_id`, appending the history to `log` if given.
     pub fn start(targets: Vec<(String, Channel)>, first: String, run_id: &str, log: Option<&Path>) -> Workload {
+        Workload::start_gated(targets, first, run_id, log, Arc::new(|_| true))
+    }
+
+    /// [`Workload::start`], dialling target `i` only while `may_dial(i)`: a
+    /// connection opened to a paused guest wedges vhost-device-vsock.
+    pub fn start_gated(
+        targets: Vec<(String, Channel)>,
+        first: String,
+        run_id: &str,
+        log: Option<&Path>,
+        may_dial: MayDial,
+    ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let rejected = Arc::new(AtomicUsize::new(0));
         let start = Instant::now();
         let rec = Recorder::new(log);
-        let task = tokio::spawn(run(targets, first, run_id.to_string(), rec, stop.clone(), rejected.clone(), start));
+        let task =
+            tokio::spawn(run(targets, may_dial, first, run_id.to_string(), rec, stop.clone(), rejected.clone(), start));
         Workload { stop, rejected, task: Some(task), start }
     }
 
@@ -87,8 +100,13 @@ impl Workload {
     }
 }
 
+/// Whether the workload may dial target `i` now.
+pub type MayDial = Arc<dyn Fn(usize) -> bool + Send + Sync>;
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     targets: Vec<(String, Channel)>,
+    may_dial: MayDial,
     first: String,
     run_id: String,
     mut h: Recorder,
@@ -110,6 +128,11 @@ async fn run(
             }
         }
         let (name, ch) = &targets[target];
+        if !may_dial(target) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            target = (target + 1) % targets.len();
+            continue;
+        }
         let Ok(stream) = ch.connect(WORK_PORT).await else {
             tokio::time::sleep(Duration::from_millis(5)).await;
             target = (target + 1) % targets.len();

@@ -148,6 +148,8 @@ pub async fn repair(tb: &mut Testbed) -> Result<Repaired, Error> {
             message: format!("enabling {} as on {}: {}", enabled.join(", "), tb.name(survivor), chain(&e)),
         })?;
         act(tb, format!("enabled {} on {} as on {}", enabled.join(", "), tb.name(other), tb.name(survivor)));
+        // A feature enabled changes the standby's hello: its active steps it up again.
+        tb.wait_standby_current(other).await?;
     }
     let left = health::assess(&tb.status().await);
     if let Some(p) = left.first() {

@@ -216,8 +216,12 @@ impl<'a> Run<'a> {
         tb.software(&plan.from)?;
         let run_id = crate::history::new_run_id();
         let log = tb.run().history(&run_id);
-        let workload =
-            workload.then(|| Workload::start(tb.agents().targets(), plan.first.clone(), &run_id, Some(&log)));
+        let workload = workload.then(|| {
+            // Its history's clock starts here, on the event clock.
+            tb.events().emit(Event::WorkloadStarted { run: run_id.clone() });
+            let (targets, gate) = (tb.agents().targets(), tb.agents().may_dial());
+            Workload::start_gated(targets, plan.first.clone(), &run_id, Some(&log), gate)
+        });
         runs.push(run_id);
         tb.designate(None);
         let (marks, watch) = (Vec::new(), tb.watch());
@@ -441,7 +445,12 @@ impl<'a> Run<'a> {
         }
         verdicts.push(invariants::consistent_final_state(end, &self.plan.from, &self.plan.to, &pair));
         for v in &verdicts {
-            self.tb.events().emit(Event::Invariant { name: v.name.into(), ok: v.ok, detail: v.detail.clone() });
+            self.tb.events().emit(Event::Invariant {
+                name: v.name.into(),
+                ok: v.ok,
+                detail: v.detail.clone(),
+                offenders: v.offenders.clone(),
+            });
         }
         let message = match end {
             End::Completed => format!("upgraded to {} on both processors; new features enabled", self.plan.to),
@@ -459,6 +468,10 @@ impl<'a> Run<'a> {
         };
         self.tb.events().emit(Event::Outcome { end, message: message.clone() });
         transcript::write(&self.tb.run().transcript(), &self.header(), &self.tb.events().entries());
+        // The picture of the run, beside its transcript.
+        if let Err(e) = crate::report::write_beside(&self.tb.run().transcript()) {
+            self.tb.events().progress(format!("report not written: {}", chain(&e)));
+        }
         let failovers = self
             .tb
             .events()

@@ -108,12 +108,17 @@ impl Run<'_> {
     /// One that is not running already is: a step cut short mid-reload is
     /// redone on `--resume` with the processor down.
     async fn take_out_of_service(&mut self, p: ProcId) -> Result<(), Error> {
-        if self.tb.alive(p) {
-            self.tb.wait_seen_current(p.other()).await?;
-            self.tb.set_role(p, Role::OutOfService).await?;
-        } else {
+        if !self.tb.alive(p) {
             self.tb.events().progress(format!("{} is not running: already out of service", self.tb.name(p)));
+            return Ok(());
         }
+        // Redone on `--resume` after it was isolated: nothing to check or change.
+        if self.tb.agents().status(p).await?.hello.role == Role::OutOfService {
+            self.tb.events().progress(format!("{} is already out of service", self.tb.name(p)));
+            return Ok(());
+        }
+        self.tb.wait_seen_current(p.other()).await?;
+        self.tb.set_role(p, Role::OutOfService).await?;
         Ok(())
     }
 

@@ -4,10 +4,11 @@
 //! invariants expected to fail (so a known weakness, like the simplex window,
 //! is documented and regression-tested). Unknown keys and bad values are
 //! errors with file and line, before any VM starts. [`runner`] runs them,
-//! [`chaos`] draws them from a seed. The format is documented in
-//! `docs/scenarios.md`.
+//! [`chaos`] draws them from a seed, [`junit`] writes their results as JUnit
+//! XML. The format is documented in `docs/scenarios.md`.
 
 pub mod chaos;
+pub mod junit;
 pub mod runner;
 
 use crate::config::Config;
