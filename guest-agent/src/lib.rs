@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod build;
 pub mod db;
+pub mod exec;
 pub mod guest;
 pub mod link;
 pub mod roles;
@@ -35,6 +36,8 @@ pub struct Settings {
     pub build: build::Build,
     /// Say "listening" on stdout (the guest's console, which the host watches); off in-process.
     pub announce: bool,
+    /// Run commands for `hitless exec`: only a guest's own agent (in-process, they would run on the host).
+    pub exec: bool,
 }
 
 /// How [`run`] ended.
@@ -49,6 +52,7 @@ pub enum Exit {
 /// runtime is what stops them (the simulated pair runs each agent on its own).
 pub async fn run(s: Settings) -> std::io::Result<Exit> {
     let version = s.build.version.clone();
+    let exec = s.exec;
     let agent = Arc::new(agent::Agent::new(s.name.clone(), s.build));
     let control = Listener::bind(&s.control).await?;
     let work = Listener::bind(&s.work).await?;
@@ -63,7 +67,7 @@ pub async fn run(s: Settings) -> std::io::Result<Exit> {
         println!("hitless-agent {version} ({}) listening", s.name);
     }
     tokio::select! {
-        () = service::serve_forever(control, agent.clone(), service::control) => unreachable_serve(),
+        () = service::serve_forever(control, agent.clone(), move |a, st| service::control(a, st, exec)) => unreachable_serve(),
         () = agent.crashed() => Ok(Exit::Crashed),
     }
 }

@@ -54,6 +54,8 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
         dial,
         build: Build::compiled(),
         announce: true,
+        // Only in a guest: a host-mode agent would run the commands on the host.
+        exec: a.from_cmdline,
     };
     Ok((s, log))
 }

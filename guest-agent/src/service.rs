@@ -32,8 +32,8 @@ where
     }
 }
 
-/// Serve one control connection.
-pub async fn control(agent: Arc<Agent>, stream: Box<dyn Stream>) {
+/// Serve one control connection; `exec`: whether commands may be run here (a guest's own agent).
+pub async fn control(agent: Arc<Agent>, stream: Box<dyn Stream>, exec: bool) {
     let (r, mut w) = tokio::io::split(stream);
     let mut reader = BufReader::new(r);
     let mut line = Vec::new();
@@ -45,6 +45,19 @@ pub async fn control(agent: Arc<Agent>, stream: Box<dyn Stream>) {
             Ok(_) => {}
         }
         let reply = match from_line::<ControlRequest>(&line) {
+            // A command answers with many lines, then the connection serves requests again.
+            Ok(ControlRequest::Exec { argv, timeout_ms }) if exec => {
+                let timeout = Duration::from_millis(timeout_ms.min(24 * 3600 * 1000));
+                if crate::exec::run(argv, timeout, &mut reader, &mut w).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(ControlRequest::Exec { .. }) => ControlReply::Error {
+                message:
+                    "this agent runs in-process on the host (a simulated pair): there is no guest to run a command in"
+                        .into(),
+            },
             Ok(req) => handle(&agent, req).await,
             Err(e) => ControlReply::Error { message: format!("bad request: {e}") },
         };
@@ -92,6 +105,7 @@ async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
             ControlReply::Evaluation(agent.evaluate(Duration::from_millis(window_ms.min(600_000))).await)
         }
         ControlRequest::Dump => agent.dump(),
+        ControlRequest::Exec { .. } => ControlReply::Error { message: "exec is served by the connection".into() },
         ControlRequest::Crash => {
             tracing::warn!("crashing on request (fault injection)");
             agent.crash_after(Duration::from_millis(20));

@@ -8,7 +8,9 @@ use crate::error::ProcessorError;
 use crate::machine::Reach;
 use crate::pair::{Pair, ProcId};
 use crate::wait::{wait_until, Timeouts, STATUS_POLL};
-use hitless_protocol::{ControlReply, ControlRequest, Evaluation, Hello, Role, Status, WorkUnit, CONTROL_PORT};
+use hitless_protocol::{
+    ControlReply, ControlRequest, Evaluation, Hello, OutputStream, Role, Status, WorkUnit, CONTROL_PORT,
+};
 use std::time::{Duration, Instant};
 
 /// How long an agent may take over a role command before answering: it may
@@ -21,6 +23,24 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Whether a processor's agent may be dialled now (from the machine backend).
 pub type Reachability = std::sync::Arc<dyn Fn(ProcId) -> Reach + Send + Sync>;
+
+/// How a command run by [`Agents::exec`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandEnd {
+    /// Its exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// It ran out of time and was killed.
+    pub timed_out: bool,
+}
+
+impl CommandEnd {
+    /// The exit code a shell would give: the command's own, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        self.code.unwrap_or_else(|| 128 + self.signal.unwrap_or(0))
+    }
+}
 
 /// The two agents as the host reaches them.
 #[derive(Clone)]
@@ -73,13 +93,7 @@ impl Agents {
         timeout: Duration,
     ) -> Result<ControlReply, ProcessorError> {
         let unreachable = |source| ProcessorError::Unreachable { processor: self.names[p].clone(), source };
-        let not_dialled = |detail: &str| ChannelError::Connect { port: CONTROL_PORT, detail: detail.into() };
-        match (self.reach)(p) {
-            Reach::Down => return Err(unreachable(not_dialled("its machine is not running"))),
-            Reach::AgentGone => return Err(unreachable(not_dialled("its agent exited (its machine still runs)"))),
-            Reach::Paused => return Err(unreachable(not_dialled("its machine is paused (not dialled until it runs)"))),
-            Reach::Up => {}
-        }
+        self.dialable(p)?;
         let kept = self.idle[p].lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut c = match kept {
             Some(c) => c,
@@ -95,6 +109,48 @@ impl Agents {
         match reply {
             ControlReply::Error { message } => Err(self.refused(p, message)),
             r => Ok(r),
+        }
+    }
+
+    /// Whether `p`'s agent may be dialled now; if not, why.
+    fn dialable(&self, p: ProcId) -> Result<(), ProcessorError> {
+        let not_dialled = |detail: &str| ProcessorError::Unreachable {
+            processor: self.names[p].clone(),
+            source: ChannelError::Connect { port: CONTROL_PORT, detail: detail.into() },
+        };
+        match (self.reach)(p) {
+            Reach::Down => Err(not_dialled("its machine is not running")),
+            Reach::AgentGone => Err(not_dialled("its agent exited (its machine still runs)")),
+            Reach::Paused => Err(not_dialled("its machine is paused (not dialled until it runs)")),
+            Reach::Up => Ok(()),
+        }
+    }
+
+    /// Run `argv` in `p`'s guest, killed after `timeout`; each chunk of its
+    /// output goes to `out` as it comes. On its own connection: the command
+    /// answers with many lines.
+    pub async fn exec(
+        &self,
+        p: ProcId,
+        argv: Vec<String>,
+        timeout: Duration,
+        mut out: impl FnMut(OutputStream, &[u8]),
+    ) -> Result<CommandEnd, ProcessorError> {
+        let unreachable = |source| ProcessorError::Unreachable { processor: self.names[p].clone(), source };
+        self.dialable(p)?;
+        let mut c = AgentClient::connect(&self.channels[p]).await.map_err(unreachable)?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        c.send(&ControlRequest::Exec { argv, timeout_ms }).await.map_err(unreachable)?;
+        // The agent kills the command at `timeout` and says so; this bound is for an agent that went silent.
+        let deadline = Instant::now() + timeout + self.timeouts.request;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match c.reply(left).await.map_err(unreachable)? {
+                ControlReply::Output { stream, data } => out(stream, &data),
+                ControlReply::Exited { code, signal, timed_out } => return Ok(CommandEnd { code, signal, timed_out }),
+                ControlReply::Error { message } => return Err(self.refused(p, message)),
+                other => return Err(self.refused(p, format!("unexpected reply to exec: {other:?}"))),
+            }
         }
     }
 
@@ -121,6 +177,8 @@ impl Agents {
             ControlRequest::Crash => (quick, false),
             // The agent may wait for its peer's hello, or flush its in-flight updates, first.
             ControlRequest::SetRole { .. } => (ROLE_CHANGE_WAIT + quick, true),
+            // Not through `control`: see `exec`.
+            ControlRequest::Exec { timeout_ms, .. } => (Duration::from_millis(*timeout_ms) + quick, false),
             ControlRequest::Evaluate { window_ms } => {
                 (Duration::from_millis(*window_ms) + self.timeouts.request, false)
             }

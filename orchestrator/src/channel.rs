@@ -120,10 +120,14 @@ impl AgentClient {
         Ok(AgentClient { reader: BufReader::new(r), writer: w })
     }
 
-    /// Send one request and wait (up to `timeout`) for its reply.
-    pub async fn request(&mut self, req: &ControlRequest, timeout: Duration) -> Result<ControlReply, ChannelError> {
+    /// Send one request; read its replies with [`AgentClient::reply`] (a command answers with many).
+    pub async fn send(&mut self, req: &ControlRequest) -> Result<(), ChannelError> {
+        Ok(self.writer.write_all(&to_line(req)?).await?)
+    }
+
+    /// The next reply, waiting up to `timeout`.
+    pub async fn reply(&mut self, timeout: Duration) -> Result<ControlReply, ChannelError> {
         let fut = async {
-            self.writer.write_all(&to_line(req)?).await?;
             let mut line = Vec::new();
             if self.reader.read_until(b'\n', &mut line).await? == 0 {
                 return Err(ChannelError::Io(std::io::Error::new(
@@ -134,5 +138,15 @@ impl AgentClient {
             Ok(from_line(&line)?)
         };
         tokio::time::timeout(timeout, fut).await.map_err(|_| ChannelError::Timeout(timeout))?
+    }
+
+    /// Send one request and wait (up to `timeout`) for its reply.
+    pub async fn request(&mut self, req: &ControlRequest, timeout: Duration) -> Result<ControlReply, ChannelError> {
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(timeout, self.send(req)).await.map_err(|_| ChannelError::Timeout(timeout))??;
+        self.reply(timeout.saturating_sub(started.elapsed())).await.map_err(|e| match e {
+            ChannelError::Timeout(_) => ChannelError::Timeout(timeout),
+            e => e,
+        })
     }
 }

@@ -183,6 +183,23 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         lines: usize,
     },
+    /// Run a command inside a processor's guest (busybox is there) through its
+    /// agent's control channel: its output streams here, and hitless exits
+    /// with its exit code (128 + N when signal N ended it, 124 when it ran out
+    /// of time). When the command cannot be run, the error says why and the
+    /// exit code is hitless's own (see the README).
+    ///
+    /// Example: hitless exec p121 -- uname -r
+    Exec {
+        /// The processor (e.g. p121).
+        processor: String,
+        /// Kill the command after this long (e.g. 30s, 5m).
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        timeout: std::time::Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Stop everything the testbed runs and remove its run directory. Idempotent.
     Down,
     /// Render a run's transcript as one self-contained HTML page (timeline of
@@ -277,6 +294,40 @@ fn finish(tb: &Testbed, r: &Report, silent: bool) -> anyhow::Result<()> {
         End::Failed => exit::FAILED,
     };
     Err(RunEnd { message: r.message.clone(), code }.into())
+}
+
+/// `hitless exec`: stream the command's output here; its exit code becomes ours.
+async fn exec(tb: &Testbed, p: ProcId, argv: Vec<String>, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use hitless_protocol::OutputStream;
+    use std::io::Write;
+    let name = tb.config().processors[p].name.clone();
+    let run = tb.agents().exec(p, argv, timeout, |stream, data| {
+        // A closed stdout (a pipe into `head`) ends the command as SIGPIPE would.
+        let _ = match stream {
+            OutputStream::Stdout => std::io::stdout().write_all(data).and_then(|()| std::io::stdout().flush()),
+            OutputStream::Stderr => std::io::stderr().write_all(data),
+        };
+    });
+    let end = tokio::select! {
+        end = run => end.map_err(Error::from).with_context(|| format!("exec on {name}"))?,
+        // Dropping the connection makes the agent kill the command.
+        _ = tokio::signal::ctrl_c() => return Err(Error::Interrupted.into()),
+    };
+    if end.timed_out {
+        return Err(RunEnd {
+            message: format!("the command on {name} ran out of time after {timeout:?} and was killed"),
+            code: exit::TIMED_OUT,
+        }
+        .into());
+    }
+    match u8::try_from(end.shell_code()) {
+        Ok(0) => Ok(()),
+        // The command's own failure: its output said what it had to say.
+        Ok(code) => Err(RunEnd { message: String::new(), code }.into()),
+        Err(_) => {
+            Err(RunEnd { message: format!("the command on {name} ended with {end:?}"), code: exit::FAILED }.into())
+        }
+    }
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -495,6 +546,11 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             let (report, timed_out) =
                 with_signals(*timeout, |cancel| procedure::upgrade_with(&mut tb, to, opts, cancel)).await;
             report_or_cancelled(&tb, report?, timed_out, false)
+        }
+        Cmd::Exec { processor, timeout, command } => {
+            let tb = Testbed::attach(run_dir(&cli, "")?, events, Access::Observe)?;
+            let p = tb.config().proc_id(processor).map_err(Error::from)?;
+            exec(&tb, p, command.clone(), *timeout).await
         }
         Cmd::Console { processor, lines } => {
             let run = run_dir(&cli, "")?;
@@ -754,7 +810,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli, events)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hitless: error: {e:#}");
+            // A command run by `hitless exec` that failed has said so itself.
+            if !e.downcast_ref::<RunEnd>().is_some_and(|r| r.message.is_empty()) {
+                eprintln!("hitless: error: {e:#}");
+            }
             ExitCode::from(exit_code(&e))
         }
     }

@@ -349,6 +349,26 @@ pub enum ControlRequest {
     /// Fault injection: the agent exits at once (its machine stays up), as an
     /// application that crashed would. Answered before it exits.
     Crash,
+    /// Run a command in the guest (`hitless exec`), stopped after `timeout_ms`.
+    /// Answered by any number of [`ControlReply::Output`], then one
+    /// [`ControlReply::Exited`] (or an error). Only a guest's own agent runs
+    /// it: an in-process agent refuses (the command would run on the host).
+    Exec {
+        /// The program and its arguments.
+        argv: Vec<String>,
+        /// How long the command may run before it is killed.
+        timeout_ms: u64,
+    },
+}
+
+/// Which of a command's outputs a chunk comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
 }
 
 /// Replication state as seen by one agent.
@@ -468,6 +488,22 @@ pub enum ControlReply {
         seq: u64,
         /// Every work unit.
         units: Vec<WorkUnit>,
+    },
+    /// A chunk of a running command's output (see [`ControlRequest::Exec`]).
+    Output {
+        /// Standard output or error.
+        stream: OutputStream,
+        /// The bytes, as the command wrote them.
+        data: Vec<u8>,
+    },
+    /// The command of a [`ControlRequest::Exec`] ended.
+    Exited {
+        /// Its exit code, when it exited.
+        code: Option<i32>,
+        /// The signal that ended it, when one did.
+        signal: Option<i32>,
+        /// It ran out of time and was killed.
+        timed_out: bool,
     },
     /// The command was refused or failed.
     Error {

@@ -84,3 +84,13 @@ async fn a_crashed_agent_leaves_its_machine_up_and_is_not_dialled_again() {
     assert!(t.elapsed() < Duration::from_millis(200) && e.contains("agent unreachable"), "{e} after {:?}", t.elapsed());
     until_active(&s.tb, "simplex", |r| r.simplex).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_agent_refuses_to_exec_and_still_serves() {
+    let s = sim().await;
+    let argv = vec!["touch".to_string(), "/tmp/hitless-exec-must-not-run".to_string()];
+    let e = s.tb.agents().exec(ACTIVE, argv, Duration::from_secs(5), |_, _| {}).await.err().unwrap().to_string();
+    assert!(e.contains("simulated pair") && e.contains("no guest"), "{e}");
+    assert!(!std::path::Path::new("/tmp/hitless-exec-must-not-run").exists(), "ran on the host");
+    assert!(s.tb.agents().status(ACTIVE).await.is_ok());
+}

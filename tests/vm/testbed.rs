@@ -122,3 +122,43 @@ async fn second_up_in_the_same_run_dir_is_refused_and_changes_nothing() {
     assert_eq!(before, after);
     assert!(after.iter().all(|p| process::alive(*p)));
 }
+
+#[tokio::test]
+async fn exec_runs_a_command_in_the_guest_and_exits_with_its_code() {
+    let guard = RunGuard::new();
+    let tb = up(&guard).await;
+    drop(tb);
+    let exec = |args: &[&str]| {
+        let mut c = std::process::Command::new(hitless_tests::hitless_bin());
+        c.arg("--config").arg(hitless_tests::repo().join("vm-configs/pair.yaml"));
+        c.arg("--run-dir").arg(&guard.run.root).arg("exec").args(args);
+        c.output().unwrap()
+    };
+    let said = |o: &std::process::Output| {
+        format!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    // The command ran in p121's guest, not on the host: its kernel command line names it.
+    let out = exec(&["p121", "--", "cat", "/proc/cmdline"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hitless.name=p121"), "{}", said(&out));
+    let out = exec(&["p122", "--", "uname", "-r"]);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let release = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!release.is_empty() && !release.contains(' '), "{}", said(&out));
+    // Both outputs, and the command's own exit code.
+    let out = exec(&["p121", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", said(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-err\n", "hitless added nothing of its own");
+    // Out of time: killed, and said so.
+    let out = exec(&["--timeout", "1s", "p121", "--", "sleep", "30"]);
+    assert_eq!(out.status.code(), Some(124), "{}", said(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ran out of time"), "{}", said(&out));
+    // A program the guest does not have: named, and hitless's exit code for a failure.
+    let out = exec(&["p121", "--", "no-such-program"]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-program"), "{}", said(&out));
+    // The agent still serves after all that.
+    let out = exec(&["p121", "--", "echo", "still here"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n", "{}", said(&out));
+}
