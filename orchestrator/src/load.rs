@@ -50,6 +50,24 @@ impl Figures {
     }
 }
 
+/// When a probe connection stops sending new requests.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// Until this instant (then it waits for the answers in flight).
+    Until(Instant),
+    /// After this many requests.
+    Units(u64),
+}
+
+impl Limit {
+    fn more(&self, sent: u64) -> bool {
+        match self {
+            Limit::Until(t) => Instant::now() < *t,
+            Limit::Units(n) => sent < *n,
+        }
+    }
+}
+
 /// Drive the active behind `ch` for `duration` with `connections` connections,
 /// each keeping `window` requests in flight.
 pub async fn measure(
@@ -58,11 +76,31 @@ pub async fn measure(
     window: usize,
     duration: Duration,
 ) -> Result<Figures, ChannelError> {
+    probe(ch, connections, window, |start| Limit::Until(start + duration)).await
+}
+
+/// [`measure`], but each connection sends exactly `units` requests: the same
+/// work whatever the speed, so that instruction counts (under callgrind) compare.
+pub async fn measure_units(
+    ch: &Channel,
+    connections: usize,
+    window: usize,
+    units: u64,
+) -> Result<Figures, ChannelError> {
+    probe(ch, connections, window, |_| Limit::Units(units)).await
+}
+
+async fn probe(
+    ch: &Channel,
+    connections: usize,
+    window: usize,
+    limit: impl Fn(Instant) -> Limit,
+) -> Result<Figures, ChannelError> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
         let stream = ch.connect(WORK_PORT).await?;
-        tasks.spawn(one_connection(stream, format!("load{c}"), window, start + duration));
+        tasks.spawn(one_connection(stream, format!("load{c}"), window, limit(start)));
     }
     let mut total = Figures::default();
     while let Some(r) = tasks.join_next().await {
@@ -88,7 +126,7 @@ async fn one_connection(
     stream: Box<dyn crate::channel::Stream>,
     prefix: String,
     window: usize,
-    until: Instant,
+    limit: Limit,
 ) -> Result<Figures, ChannelError> {
     let (r, mut w) = tokio::io::split(stream);
     let mut reader = BufReader::new(r);
@@ -97,9 +135,9 @@ async fn one_connection(
     let mut n = 0;
     let mut line = Vec::new();
     loop {
-        if Instant::now() < until {
+        if limit.more(n) {
             let mut batch = Vec::new();
-            while sent.len() < window {
+            while sent.len() < window && limit.more(n) {
                 let req = request(&prefix, n);
                 n += 1;
                 batch.extend(to_line(&req)?);
