@@ -405,32 +405,31 @@ impl Agent {
                         return true;
                     }
                 }
-                if let Err(e) = c.db.validate(&req.op) {
-                    let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
-                    return true;
-                }
                 let seq = c.seq + 1;
                 if let Err(e) = c.db.apply(&req, seq) {
-                    c.errors += 1;
                     let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
                     return true;
                 }
                 c.seq = seq;
-                if c.standby_attached {
-                    let generation = c.generation;
-                    Self::send_peer(&mut c, LinkMsg::Update { generation, seq, request: req.clone() });
-                }
                 (seq, false)
             }
+        };
+        let id = if c.standby_attached && !duplicate {
+            // The update takes the request; the ack needs only its id.
+            let (generation, id) = (c.generation, req.id.clone());
+            Self::send_peer(&mut c, LinkMsg::Update { generation, seq, request: req });
+            id
+        } else {
+            req.id
         };
         c.served += 1;
         let registered_now = c.registered.is_some_and(|r| r >= seq);
         if c.standby_attached && !registered_now {
             let slot =
                 c.pending.entry(seq).or_insert_with(|| Unregistered { since: Instant::now(), waiting: Vec::new() });
-            slot.waiting.push(Pending { tx: tx.clone(), id: req.id, duplicate });
+            slot.waiting.push(Pending { tx: tx.clone(), id, duplicate });
         } else {
-            let _ = tx.send(WorkReply::Ack { id: req.id, seq, registered: c.standby_attached, duplicate });
+            let _ = tx.send(WorkReply::Ack { id, seq, registered: c.standby_attached, duplicate });
         }
         true
     }

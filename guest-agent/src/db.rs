@@ -3,7 +3,7 @@
 //! idempotent: a retry after a switchover is recognised, not applied twice.
 
 use hitless_protocol::{Operation, UnitState, WorkRequest, WorkUnit};
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
 
 /// Why an activity cannot be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,12 +19,16 @@ pub enum DbError {
     Closed(String),
 }
 
-/// Work units plus the index of applied request ids.
+/// Work units plus the index of applied request ids. Both are hash maps with
+/// a fast non-keyed hash (the ids come from the testbed's own clients, not
+/// from an adversary): every activity looks a unit and a request id up, and
+/// ordered maps of strings made those lookups most of an activity's cost.
+/// Only a dump or a step-up needs the units in order, and sorts them.
 #[derive(Debug, Default, Clone)]
 pub struct Database {
-    units: BTreeMap<String, WorkUnit>,
+    units: FxHashMap<String, WorkUnit>,
     /// request id -> sequence number that applied it.
-    applied: HashMap<String, u64>,
+    applied: FxHashMap<String, u64>,
     /// Hash chained over every applied (seq, request id): see [`hitless_protocol::chain`].
     chain: u64,
 }
@@ -32,7 +36,7 @@ pub struct Database {
 impl Database {
     /// Rebuild from a step-up snapshot, continuing the active's history `chain`.
     pub fn from_units(units: Vec<WorkUnit>, seq: u64, chain: u64) -> Self {
-        let mut applied = HashMap::new();
+        let mut applied = FxHashMap::default();
         for u in &units {
             for op in &u.ops {
                 // The snapshot does not carry per-op sequence numbers; they are all <= seq.
@@ -52,53 +56,41 @@ impl Database {
         self.applied.get(id).copied()
     }
 
-    /// Check an activity against the database without changing it.
-    pub fn validate(&self, op: &Operation) -> Result<(), DbError> {
-        let unit = op.unit();
-        match (op, self.units.get(unit)) {
-            (Operation::Open { .. }, Some(_)) => Err(DbError::Exists(unit.into())),
-            (Operation::Open { .. }, None) => Ok(()),
-            (_, None) => Err(DbError::Missing(unit.into())),
-            (_, Some(u)) if u.state == UnitState::Closed => Err(DbError::Closed(unit.into())),
-            (_, Some(_)) => Ok(()),
-        }
-    }
-
-    /// Apply a validated request at sequence number `seq`.
+    /// Apply a request at sequence number `seq`, or say why it does not apply
+    /// (the database is then unchanged).
     pub fn apply(&mut self, req: &WorkRequest, seq: u64) -> Result<(), DbError> {
-        self.validate(&req.op)?;
-        match &req.op {
-            Operation::Open { unit, fields } => {
-                self.units.insert(
-                    unit.clone(),
-                    WorkUnit {
-                        id: unit.clone(),
-                        state: UnitState::Open,
-                        fields: fields.clone(),
-                        priority: None,
-                        ops: vec![],
-                    },
-                );
-            }
-            Operation::Update { unit, fields } => {
-                if let Some(u) = self.units.get_mut(unit) {
-                    u.fields.extend(fields.clone());
+        let unit = req.op.unit();
+        let u = match &req.op {
+            Operation::Open { fields, .. } => {
+                if self.units.contains_key(unit) {
+                    return Err(DbError::Exists(unit.into()));
                 }
+                let new = WorkUnit {
+                    id: unit.to_string(),
+                    state: UnitState::Open,
+                    fields: fields.clone(),
+                    priority: None,
+                    ops: Vec::new(),
+                };
+                self.units.entry(unit.to_string()).or_insert(new)
             }
-            Operation::Close { unit } => {
-                if let Some(u) = self.units.get_mut(unit) {
-                    u.state = UnitState::Closed;
+            Operation::Update { .. } | Operation::Close { .. } | Operation::SetPriority { .. } => {
+                let u = self.units.get_mut(unit).ok_or_else(|| DbError::Missing(unit.into()))?;
+                if u.state == UnitState::Closed {
+                    return Err(DbError::Closed(unit.into()));
                 }
-            }
-            Operation::SetPriority { unit, priority } => {
-                if let Some(u) = self.units.get_mut(unit) {
-                    u.priority = Some(*priority);
+                match &req.op {
+                    Operation::Update { fields, .. } => {
+                        u.fields.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    }
+                    Operation::Close { .. } => u.state = UnitState::Closed,
+                    Operation::SetPriority { priority, .. } => u.priority = Some(*priority),
+                    Operation::Open { .. } => {}
                 }
+                u
             }
-        }
-        if let Some(u) = self.units.get_mut(req.op.unit()) {
-            u.ops.push(req.id.clone());
-        }
+        };
+        u.ops.push(req.id.clone());
         self.applied.insert(req.id.clone(), seq);
         self.chain = hitless_protocol::chain(self.chain, seq, &req.id);
         Ok(())
@@ -106,7 +98,9 @@ impl Database {
 
     /// All work units, in id order.
     pub fn units(&self) -> Vec<WorkUnit> {
-        self.units.values().cloned().collect()
+        let mut v: Vec<WorkUnit> = self.units.values().cloned().collect();
+        v.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        v
     }
 
     /// Number of work units.

@@ -5,10 +5,10 @@
 //! pair, so every ack it counts must be registered by the standby.
 
 use crate::channel::{Channel, ChannelError};
-use hitless_protocol::{from_line, to_line, Operation, WorkReply, WorkRequest, WORK_PORT};
+use hitless_protocol::{frame_into, from_frame, Frames, Operation, WorkReply, WorkRequest, PREAMBLE, WORK_PORT};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the probe measured.
 #[derive(Debug, Clone, Default)]
@@ -128,52 +128,53 @@ async fn one_connection(
     window: usize,
     limit: Limit,
 ) -> Result<Figures, ChannelError> {
-    let (r, mut w) = tokio::io::split(stream);
-    let mut reader = BufReader::new(r);
+    let (mut r, mut w) = tokio::io::split(stream);
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let mut f = Figures::default();
     let mut n = 0;
-    let mut line = Vec::new();
+    let mut frames = Frames::new();
+    let mut batch = PREAMBLE.to_vec();
     loop {
-        if limit.more(n) {
-            let mut batch = Vec::new();
-            while sent.len() < window && limit.more(n) {
-                let req = request(&prefix, n);
-                n += 1;
-                batch.extend(to_line(&req)?);
-                sent.insert(req.id, Instant::now());
-            }
-            if !batch.is_empty() {
-                w.write_all(&batch).await?;
-            }
+        // Refill the window in one write after all that arrived is counted:
+        // the active then reads many requests per wake-up.
+        while sent.len() < window && limit.more(n) {
+            let req = request(&prefix, n);
+            n += 1;
+            frame_into(&req, &mut batch);
+            sent.insert(req.id, Instant::now());
+        }
+        if !batch.is_empty() {
+            w.write_all(&batch).await?;
+            batch.clear();
         }
         if sent.is_empty() {
             return Ok(f);
         }
-        line.clear();
         // Bounded: a pair that stops answering ends the probe with an error.
-        let got = tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line))
+        let got = tokio::time::timeout(Duration::from_secs(5), r.read_buf(frames.spare()))
             .await
             .map_err(|_| ChannelError::Timeout(Duration::from_secs(5)))??;
         if got == 0 {
             return Err(ChannelError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        let reply: WorkReply = from_line(&line)?;
-        let Some(t) = sent.remove(reply.id()) else { continue };
-        match reply {
-            WorkReply::Ack { registered, .. } => {
-                f.latencies_us.push(t.elapsed().as_micros() as u64);
-                if registered {
-                    f.registered += 1;
-                } else {
-                    f.simplex += 1;
+        while let Some(frame) = frames.next_frame()? {
+            let reply: WorkReply = from_frame(frame)?;
+            let Some(t) = sent.remove(reply.id()) else { continue };
+            match reply {
+                WorkReply::Ack { registered, .. } => {
+                    f.latencies_us.push(t.elapsed().as_micros() as u64);
+                    if registered {
+                        f.registered += 1;
+                    } else {
+                        f.simplex += 1;
+                    }
                 }
-            }
-            WorkReply::Rejected { .. } => f.refused += 1,
-            WorkReply::NotActive { .. } => {
-                // Not the active: it reads nothing more on this connection.
-                f.refused += 1;
-                return Ok(f);
+                WorkReply::Rejected { .. } => f.refused += 1,
+                WorkReply::NotActive { .. } => {
+                    // Not the active: it reads nothing more on this connection.
+                    f.refused += 1;
+                    return Ok(f);
+                }
             }
         }
     }
