@@ -354,7 +354,18 @@ async fn process_run(
         pair_up(&a, &b, patience).await?;
         let f = hitless::load::measure_units(&a, args.conns, args.window, units).await?;
         print_figures(&format!("{units} per connection under {ext}"), &f);
-        stop([&a, &b], patience).await?;
+        match tool {
+            // SIGTERM: valgrind writes the profile of a process ended by a signal, and the
+            // agent's teardown (dropping every unit, which grows with the run) does not count.
+            Tool::Callgrind => {
+                for c in &children {
+                    let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id())?);
+                    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+                }
+            }
+            // strace would detach on a signal and leave the agent running: ask the agent to exit.
+            Tool::Strace => stop([&a, &b], patience).await?,
+        }
         anyhow::Ok(f.registered)
     }
     .await;
