@@ -4,6 +4,7 @@
 
 use hitless_protocol::{Operation, UnitState, WorkRequest, WorkUnit};
 use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 
 /// Why an activity cannot be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +18,14 @@ pub enum DbError {
     /// Update/close of a closed unit.
     #[error("work unit {0} is closed")]
     Closed(String),
+}
+
+/// What an activity does to its unit, carrying the strings the database keeps.
+enum Change {
+    Open(BTreeMap<String, String>),
+    Fields(BTreeMap<String, String>),
+    Close,
+    Priority(u8),
 }
 
 /// Work units plus the index of applied request ids. Both are hash maps with
@@ -57,42 +66,57 @@ impl Database {
     }
 
     /// Apply a request at sequence number `seq`, or say why it does not apply
-    /// (the database is then unchanged).
+    /// (the database is then unchanged). The active's way: its request goes on
+    /// to the standby, so the database copies what it keeps.
     pub fn apply(&mut self, req: &WorkRequest, seq: u64) -> Result<(), DbError> {
-        let unit = req.op.unit();
-        let u = match &req.op {
-            Operation::Open { fields, .. } => {
-                if self.units.contains_key(unit) {
-                    return Err(DbError::Exists(unit.into()));
-                }
-                let new = WorkUnit {
-                    id: unit.to_string(),
-                    state: UnitState::Open,
-                    fields: fields.clone(),
-                    priority: None,
-                    ops: Vec::new(),
-                };
+        let change = match &req.op {
+            Operation::Open { fields, .. } => Change::Open(fields.clone()),
+            Operation::Update { fields, .. } => Change::Fields(fields.clone()),
+            Operation::Close { .. } => Change::Close,
+            Operation::SetPriority { priority, .. } => Change::Priority(*priority),
+        };
+        self.commit(req.id.clone(), req.op.unit(), change, seq)
+    }
+
+    /// [`Database::apply`], the standby's way: nothing else needs the request,
+    /// so the database takes its strings instead of copies.
+    pub fn apply_owned(&mut self, req: WorkRequest, seq: u64) -> Result<(), DbError> {
+        let (unit, change) = match req.op {
+            Operation::Open { unit, fields } => (unit, Change::Open(fields)),
+            Operation::Update { unit, fields } => (unit, Change::Fields(fields)),
+            Operation::Close { unit } => (unit, Change::Close),
+            Operation::SetPriority { unit, priority } => (unit, Change::Priority(priority)),
+        };
+        self.commit(req.id, &unit, change, seq)
+    }
+
+    /// Apply `change` to `unit` as request `id`, after checking it applies.
+    fn commit(&mut self, id: String, unit: &str, change: Change, seq: u64) -> Result<(), DbError> {
+        let u = match (change, self.units.get_mut(unit)) {
+            (Change::Open(_), Some(_)) => return Err(DbError::Exists(unit.into())),
+            (Change::Open(fields), None) => {
+                let new =
+                    WorkUnit { id: unit.to_string(), state: UnitState::Open, fields, priority: None, ops: Vec::new() };
                 self.units.entry(unit.to_string()).or_insert(new)
             }
-            Operation::Update { .. } | Operation::Close { .. } | Operation::SetPriority { .. } => {
-                let u = self.units.get_mut(unit).ok_or_else(|| DbError::Missing(unit.into()))?;
-                if u.state == UnitState::Closed {
-                    return Err(DbError::Closed(unit.into()));
-                }
-                match &req.op {
-                    Operation::Update { fields, .. } => {
-                        u.fields.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    }
-                    Operation::Close { .. } => u.state = UnitState::Closed,
-                    Operation::SetPriority { priority, .. } => u.priority = Some(*priority),
-                    Operation::Open { .. } => {}
-                }
+            (_, None) => return Err(DbError::Missing(unit.into())),
+            (_, Some(u)) if u.state == UnitState::Closed => return Err(DbError::Closed(unit.into())),
+            (Change::Fields(fields), Some(u)) => {
+                u.fields.extend(fields);
+                u
+            }
+            (Change::Close, Some(u)) => {
+                u.state = UnitState::Closed;
+                u
+            }
+            (Change::Priority(p), Some(u)) => {
+                u.priority = Some(p);
                 u
             }
         };
-        u.ops.push(req.id.clone());
-        self.applied.insert(req.id.clone(), seq);
-        self.chain = hitless_protocol::chain(self.chain, seq, &req.id);
+        self.chain = hitless_protocol::chain(self.chain, seq, &id);
+        u.ops.push(id.clone());
+        self.applied.insert(id, seq);
         Ok(())
     }
 
@@ -149,7 +173,7 @@ mod tests {
         // The copy continues the history: the same next update gives the same chain.
         let next = req("r3", Operation::Close { unit: "a".into() });
         db.apply(&next, 3).unwrap();
-        copy.apply(&next, 3).unwrap();
+        copy.apply_owned(next, 3).unwrap();
         assert_eq!(copy.chain(), db.chain());
         assert!(copy.applied("r1").is_some() && copy.applied("r2").is_some());
         assert_eq!(copy.units()[0].priority, Some(4));
