@@ -10,7 +10,7 @@ use hitless_protocol::{
     ControlReply, Evaluation, FeatureSet, Hello, LinkMsg, PeerStatus, Replication, Role, Status, WorkReply,
     WorkRequest, PROTOCOL_VERSION, REGISTRATION_BOUND_MS,
 };
-use std::collections::BTreeMap;
+use std::collections::{btree_map::Entry, BTreeMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -30,11 +30,20 @@ struct Pending {
     duplicate: bool,
 }
 
-/// The work units waiting for the standby to register one update.
+/// The work units waiting for the standby to register one update: the one
+/// that applied it, and retries of it (rare: kept apart so that the common
+/// case allocates nothing).
 struct Unregistered {
     /// When the update was applied and sent: how long the standby is taking.
     since: Instant,
-    waiting: Vec<Pending>,
+    first: Pending,
+    retries: Vec<Pending>,
+}
+
+impl Unregistered {
+    fn waiting(self) -> impl Iterator<Item = Pending> {
+        std::iter::once(self.first).chain(self.retries)
+    }
 }
 
 /// The peer connection as the agent sees it.
@@ -200,7 +209,7 @@ impl Agent {
         };
         let done = std::mem::replace(&mut c.pending, keep);
         for (seq, slot) in done {
-            for p in slot.waiting {
+            for p in slot.waiting() {
                 let _ = p.tx.send(WorkReply::Ack { id: p.id, seq, registered, duplicate: p.duplicate });
             }
         }
@@ -211,7 +220,7 @@ impl Agent {
     fn refuse_pending(c: &mut Core) -> usize {
         let mut n = 0;
         for (_, slot) in std::mem::take(&mut c.pending) {
-            for p in slot.waiting {
+            for p in slot.waiting() {
                 n += 1;
                 let _ = p.tx.send(WorkReply::NotActive { id: p.id, role: c.role, active: None });
             }
@@ -405,32 +414,35 @@ impl Agent {
                         return true;
                     }
                 }
-                if let Err(e) = c.db.validate(&req.op) {
-                    let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
-                    return true;
-                }
                 let seq = c.seq + 1;
                 if let Err(e) = c.db.apply(&req, seq) {
-                    c.errors += 1;
                     let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
                     return true;
                 }
                 c.seq = seq;
-                if c.standby_attached {
-                    let generation = c.generation;
-                    Self::send_peer(&mut c, LinkMsg::Update { generation, seq, request: req.clone() });
-                }
                 (seq, false)
             }
+        };
+        let id = if c.standby_attached && !duplicate {
+            // The update takes the request; the ack needs only its id.
+            let (generation, id) = (c.generation, req.id.clone());
+            Self::send_peer(&mut c, LinkMsg::Update { generation, seq, request: req });
+            id
+        } else {
+            req.id
         };
         c.served += 1;
         let registered_now = c.registered.is_some_and(|r| r >= seq);
         if c.standby_attached && !registered_now {
-            let slot =
-                c.pending.entry(seq).or_insert_with(|| Unregistered { since: Instant::now(), waiting: Vec::new() });
-            slot.waiting.push(Pending { tx: tx.clone(), id: req.id, duplicate });
+            let p = Pending { tx: tx.clone(), id, duplicate };
+            match c.pending.entry(seq) {
+                Entry::Vacant(e) => {
+                    e.insert(Unregistered { since: Instant::now(), first: p, retries: Vec::new() });
+                }
+                Entry::Occupied(mut e) => e.get_mut().retries.push(p),
+            }
         } else {
-            let _ = tx.send(WorkReply::Ack { id: req.id, seq, registered: c.standby_attached, duplicate });
+            let _ = tx.send(WorkReply::Ack { id, seq, registered: c.standby_attached, duplicate });
         }
         true
     }
@@ -543,7 +555,7 @@ impl Agent {
                     Self::send_peer(&mut c, LinkMsg::Resync { reason });
                     return LinkAction::None;
                 }
-                if let Err(e) = c.db.apply(&request, seq) {
+                if let Err(e) = c.db.apply_owned(request, seq) {
                     c.errors += 1;
                     let reason = format!("update {seq} does not apply: {e}");
                     tracing::error!("{reason}; asking for a fresh step-up");

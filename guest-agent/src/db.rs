@@ -3,7 +3,8 @@
 //! idempotent: a retry after a switchover is recognised, not applied twice.
 
 use hitless_protocol::{Operation, UnitState, WorkRequest, WorkUnit};
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 
 /// Why an activity cannot be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,12 +20,24 @@ pub enum DbError {
     Closed(String),
 }
 
-/// Work units plus the index of applied request ids.
+/// What an activity does to its unit, carrying the strings the database keeps.
+enum Change {
+    Open(BTreeMap<String, String>),
+    Fields(BTreeMap<String, String>),
+    Close,
+    Priority(u8),
+}
+
+/// Work units plus the index of applied request ids. Both are hash maps with
+/// a fast non-keyed hash (the ids come from the testbed's own clients, not
+/// from an adversary): every activity looks a unit and a request id up, and
+/// ordered maps of strings made those lookups most of an activity's cost.
+/// Only a dump or a step-up needs the units in order, and sorts them.
 #[derive(Debug, Default, Clone)]
 pub struct Database {
-    units: BTreeMap<String, WorkUnit>,
+    units: FxHashMap<String, WorkUnit>,
     /// request id -> sequence number that applied it.
-    applied: HashMap<String, u64>,
+    applied: FxHashMap<String, u64>,
     /// Hash chained over every applied (seq, request id): see [`hitless_protocol::chain`].
     chain: u64,
 }
@@ -32,7 +45,7 @@ pub struct Database {
 impl Database {
     /// Rebuild from a step-up snapshot, continuing the active's history `chain`.
     pub fn from_units(units: Vec<WorkUnit>, seq: u64, chain: u64) -> Self {
-        let mut applied = HashMap::new();
+        let mut applied = FxHashMap::default();
         for u in &units {
             for op in &u.ops {
                 // The snapshot does not carry per-op sequence numbers; they are all <= seq.
@@ -52,61 +65,66 @@ impl Database {
         self.applied.get(id).copied()
     }
 
-    /// Check an activity against the database without changing it.
-    pub fn validate(&self, op: &Operation) -> Result<(), DbError> {
-        let unit = op.unit();
-        match (op, self.units.get(unit)) {
-            (Operation::Open { .. }, Some(_)) => Err(DbError::Exists(unit.into())),
-            (Operation::Open { .. }, None) => Ok(()),
-            (_, None) => Err(DbError::Missing(unit.into())),
-            (_, Some(u)) if u.state == UnitState::Closed => Err(DbError::Closed(unit.into())),
-            (_, Some(_)) => Ok(()),
-        }
+    /// Apply a request at sequence number `seq`, or say why it does not apply
+    /// (the database is then unchanged). The active's way: its request goes on
+    /// to the standby, so the database copies what it keeps.
+    pub fn apply(&mut self, req: &WorkRequest, seq: u64) -> Result<(), DbError> {
+        let change = match &req.op {
+            Operation::Open { fields, .. } => Change::Open(fields.clone()),
+            Operation::Update { fields, .. } => Change::Fields(fields.clone()),
+            Operation::Close { .. } => Change::Close,
+            Operation::SetPriority { priority, .. } => Change::Priority(*priority),
+        };
+        self.commit(req.id.clone(), req.op.unit(), change, seq)
     }
 
-    /// Apply a validated request at sequence number `seq`.
-    pub fn apply(&mut self, req: &WorkRequest, seq: u64) -> Result<(), DbError> {
-        self.validate(&req.op)?;
-        match &req.op {
-            Operation::Open { unit, fields } => {
-                self.units.insert(
-                    unit.clone(),
-                    WorkUnit {
-                        id: unit.clone(),
-                        state: UnitState::Open,
-                        fields: fields.clone(),
-                        priority: None,
-                        ops: vec![],
-                    },
-                );
+    /// [`Database::apply`], the standby's way: nothing else needs the request,
+    /// so the database takes its strings instead of copies.
+    pub fn apply_owned(&mut self, req: WorkRequest, seq: u64) -> Result<(), DbError> {
+        let (unit, change) = match req.op {
+            Operation::Open { unit, fields } => (unit, Change::Open(fields)),
+            Operation::Update { unit, fields } => (unit, Change::Fields(fields)),
+            Operation::Close { unit } => (unit, Change::Close),
+            Operation::SetPriority { unit, priority } => (unit, Change::Priority(priority)),
+        };
+        self.commit(req.id, &unit, change, seq)
+    }
+
+    /// Apply `change` to `unit` as request `id`, after checking it applies.
+    fn commit(&mut self, id: String, unit: &str, change: Change, seq: u64) -> Result<(), DbError> {
+        let u = match (change, self.units.get_mut(unit)) {
+            (Change::Open(_), Some(_)) => return Err(DbError::Exists(unit.into())),
+            (Change::Open(fields), None) => {
+                let new =
+                    WorkUnit { id: unit.to_string(), state: UnitState::Open, fields, priority: None, ops: Vec::new() };
+                self.units.entry(unit.to_string()).or_insert(new)
             }
-            Operation::Update { unit, fields } => {
-                if let Some(u) = self.units.get_mut(unit) {
-                    u.fields.extend(fields.clone());
-                }
+            (_, None) => return Err(DbError::Missing(unit.into())),
+            (_, Some(u)) if u.state == UnitState::Closed => return Err(DbError::Closed(unit.into())),
+            (Change::Fields(fields), Some(u)) => {
+                u.fields.extend(fields);
+                u
             }
-            Operation::Close { unit } => {
-                if let Some(u) = self.units.get_mut(unit) {
-                    u.state = UnitState::Closed;
-                }
+            (Change::Close, Some(u)) => {
+                u.state = UnitState::Closed;
+                u
             }
-            Operation::SetPriority { unit, priority } => {
-                if let Some(u) = self.units.get_mut(unit) {
-                    u.priority = Some(*priority);
-                }
+            (Change::Priority(p), Some(u)) => {
+                u.priority = Some(p);
+                u
             }
-        }
-        if let Some(u) = self.units.get_mut(req.op.unit()) {
-            u.ops.push(req.id.clone());
-        }
-        self.applied.insert(req.id.clone(), seq);
-        self.chain = hitless_protocol::chain(self.chain, seq, &req.id);
+        };
+        self.chain = hitless_protocol::chain(self.chain, seq, &id);
+        u.ops.push(id.clone());
+        self.applied.insert(id, seq);
         Ok(())
     }
 
     /// All work units, in id order.
     pub fn units(&self) -> Vec<WorkUnit> {
-        self.units.values().cloned().collect()
+        let mut v: Vec<WorkUnit> = self.units.values().cloned().collect();
+        v.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        v
     }
 
     /// Number of work units.
@@ -155,7 +173,7 @@ mod tests {
         // The copy continues the history: the same next update gives the same chain.
         let next = req("r3", Operation::Close { unit: "a".into() });
         db.apply(&next, 3).unwrap();
-        copy.apply(&next, 3).unwrap();
+        copy.apply_owned(next, 3).unwrap();
         assert_eq!(copy.chain(), db.chain());
         assert!(copy.applied("r1").is_some() && copy.applied("r2").is_some());
         assert_eq!(copy.units()[0].priority, Some(4));

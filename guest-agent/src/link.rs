@@ -3,11 +3,13 @@
 //! re-established whenever it drops (e.g. while the peer reloads).
 
 use crate::agent::{Agent, LinkAction};
-use hitless_protocol::{decode_link, encode_link, LinkMsg, HEARTBEAT_MS, LINK_TIMEOUT_MS, MAX_LINE};
+use hitless_protocol::{
+    check_preamble, decode_link, encode_link_into, Frames, LinkMsg, HEARTBEAT_MS, LINK_TIMEOUT_MS, PREAMBLE,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -51,12 +53,13 @@ pub async fn accept(agent: Arc<Agent>, listener: TcpListener) {
 
 async fn run(agent: Arc<Agent>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let (r, mut w) = stream.into_split();
+    let (mut r, mut w) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<LinkMsg>();
     let conn = agent.link_up(tx.clone());
     let writer_agent = agent.clone();
     let writer = tokio::spawn(async move {
-        let mut buf = Vec::new();
+        // The preamble goes out with the first message (the hello link_up queued).
+        let mut buf = PREAMBLE.to_vec();
         loop {
             let first = match tokio::time::timeout(Duration::from_millis(HEARTBEAT_MS), rx.recv()).await {
                 Ok(Some(m)) => m,
@@ -67,12 +70,9 @@ async fn run(agent: Arc<Agent>, stream: TcpStream) {
             let negotiated = writer_agent.negotiated();
             let mut next = Some(first);
             while let Some(msg) = next {
-                match encode_link(&msg, &negotiated) {
-                    Ok(line) => buf.extend_from_slice(&line),
-                    Err(e) => {
-                        tracing::error!("not sent to peer: {e}");
-                        writer_agent.error();
-                    }
+                if let Err(e) = encode_link_into(&msg, &negotiated, &mut buf) {
+                    tracing::error!("not sent to peer: {e}");
+                    writer_agent.error();
                 }
                 next = if buf.len() < 1 << 20 { rx.try_recv().ok() } else { None };
             }
@@ -82,37 +82,55 @@ async fn run(agent: Arc<Agent>, stream: TcpStream) {
             buf.clear();
         }
     });
-    let mut reader = BufReader::with_capacity(1 << 16, r);
-    let mut line = Vec::new();
-    let mut to_ack: Option<(u64, u64)> = None;
-    let why = loop {
-        line.clear();
-        let read = tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), reader.read_until(b'\n', &mut line));
-        match read.await {
-            Err(_) => break format!("peer silent for {LINK_TIMEOUT_MS} ms"),
-            Ok(Ok(0)) => break "peer closed the connection".to_string(),
-            Ok(Err(e)) => break format!("read: {e}"),
-            Ok(Ok(_)) if line.len() > MAX_LINE => break "oversized message".to_string(),
-            Ok(Ok(_)) => {}
-        }
-        match decode_link(&line, agent.supported()) {
-            Ok(msg) => {
-                if let LinkAction::Registered(g, s) = agent.on_link(msg) {
-                    to_ack = Some((g, s));
-                }
-            }
-            Err(e) => {
-                tracing::error!("bad message from peer: {e}");
-                agent.error();
-            }
-        }
-        // Registered acks are batched: send one when no more input is buffered.
-        if reader.buffer().is_empty() {
-            if let Some((generation, seq)) = to_ack.take() {
-                let _ = tx.send(LinkMsg::Registered { generation, seq });
-            }
-        }
-    };
+    let why = read_peer(&agent, &mut r, &tx).await;
     agent.link_down(conn, &why);
     writer.abort();
+}
+
+/// Read the peer's messages until the connection fails; returns why it did.
+async fn read_peer(agent: &Agent, r: &mut (impl AsyncReadExt + Unpin), tx: &mpsc::UnboundedSender<LinkMsg>) -> String {
+    let timeout = Duration::from_millis(LINK_TIMEOUT_MS);
+    let silent = || format!("peer silent for {LINK_TIMEOUT_MS} ms");
+    let mut preamble = [0u8; 4];
+    match tokio::time::timeout(timeout, r.read_exact(&mut preamble)).await {
+        Err(_) => return silent(),
+        Ok(Err(e)) => return format!("read: {e}"),
+        Ok(Ok(_)) => {}
+    }
+    if let Err(e) = check_preamble(&preamble) {
+        tracing::warn!("link refused: {e}");
+        return e.to_string();
+    }
+    let mut frames = Frames::new();
+    loop {
+        match tokio::time::timeout(timeout, r.read_buf(frames.spare())).await {
+            Err(_) => return silent(),
+            Ok(Ok(0)) => return "peer closed the connection".to_string(),
+            Ok(Err(e)) => return format!("read: {e}"),
+            Ok(Ok(_)) => {}
+        }
+        let mut to_ack = None;
+        loop {
+            let frame = match frames.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return format!("bad frame from peer: {e}"),
+            };
+            match decode_link(frame, agent.supported()) {
+                Ok(msg) => {
+                    if let LinkAction::Registered(g, s) = agent.on_link(msg) {
+                        to_ack = Some((g, s));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("bad message from peer: {e}");
+                    agent.error();
+                }
+            }
+        }
+        // Registrations are batched: one for everything that arrived in this read.
+        if let Some((generation, seq)) = to_ack {
+            let _ = tx.send(LinkMsg::Registered { generation, seq });
+        }
+    }
 }

@@ -4,10 +4,13 @@
 
 use crate::agent::Agent;
 use crate::transport::{Listener, Stream};
-use hitless_protocol::{from_line, to_line, ControlReply, ControlRequest, Role, WorkReply, WorkRequest, MAX_LINE};
+use hitless_protocol::{
+    check_preamble, frame_into, from_frame, from_line, to_line, ControlReply, ControlRequest, Frames, Role, WorkReply,
+    WorkRequest, MAX_LINE,
+};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 /// How long a standby command waits for the peer's hello.
@@ -116,16 +119,23 @@ async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
 
 /// Serve one work connection: requests are pipelined, replies come as they are ready.
 pub async fn work(agent: Arc<Agent>, stream: Box<dyn Stream>) {
-    let (r, mut w) = tokio::io::split(stream);
+    let (mut r, mut w) = tokio::io::split(stream);
+    let mut preamble = [0u8; 4];
+    if r.read_exact(&mut preamble).await.is_err() {
+        return;
+    }
+    if let Err(e) = check_preamble(&preamble) {
+        // Nothing can be answered in a form the client would read.
+        tracing::warn!("work connection refused: {e}");
+        return;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<WorkReply>();
     let writer = tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(reply) = next {
-                if let Ok(line) = to_line(&reply) {
-                    buf.extend_from_slice(&line);
-                }
+                frame_into(&reply, &mut buf);
                 next = if buf.len() < 1 << 20 { rx.try_recv().ok() } else { None };
             }
             if w.write_all(&buf).await.is_err() {
@@ -134,24 +144,29 @@ pub async fn work(agent: Arc<Agent>, stream: Box<dyn Stream>) {
             buf.clear();
         }
     });
-    let mut reader = BufReader::with_capacity(1 << 16, r);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
+    let mut frames = Frames::new();
+    'read: loop {
+        match r.read_buf(frames.spare()).await {
             Ok(0) | Err(_) => break,
-            Ok(_) if line.len() > MAX_LINE => break,
             Ok(_) => {}
         }
-        match from_line::<WorkRequest>(&line) {
-            Ok(req) => {
-                if !agent.work(req, &tx) {
-                    // Not active: read nothing more here; the client resends elsewhere, in order.
-                    break;
+        loop {
+            let req = match frames.next_frame() {
+                Ok(Some(frame)) => from_frame::<WorkRequest>(frame),
+                Ok(None) => break,
+                // Oversized: the stream cannot be followed any further.
+                Err(_) => break 'read,
+            };
+            match req {
+                Ok(req) => {
+                    if !agent.work(req, &tx) {
+                        // Not active: read nothing more here; the client resends elsewhere, in order.
+                        break 'read;
+                    }
                 }
-            }
-            Err(e) => {
-                let _ = tx.send(WorkReply::Rejected { id: String::new(), reason: format!("bad request: {e}") });
+                Err(e) => {
+                    let _ = tx.send(WorkReply::Rejected { id: String::new(), reason: format!("bad request: {e}") });
+                }
             }
         }
     }

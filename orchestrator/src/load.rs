@@ -5,10 +5,10 @@
 //! pair, so every ack it counts must be registered by the standby.
 
 use crate::channel::{Channel, ChannelError};
-use hitless_protocol::{from_line, to_line, Operation, WorkReply, WorkRequest, WORK_PORT};
+use hitless_protocol::{frame_into, from_frame, Frames, Operation, WorkReply, WorkRequest, PREAMBLE, WORK_PORT};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the probe measured.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +50,24 @@ impl Figures {
     }
 }
 
+/// When a probe connection stops sending new requests.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// Until this instant (then it waits for the answers in flight).
+    Until(Instant),
+    /// After this many requests.
+    Units(u64),
+}
+
+impl Limit {
+    fn more(&self, sent: u64) -> bool {
+        match self {
+            Limit::Until(t) => Instant::now() < *t,
+            Limit::Units(n) => sent < *n,
+        }
+    }
+}
+
 /// Drive the active behind `ch` for `duration` with `connections` connections,
 /// each keeping `window` requests in flight.
 pub async fn measure(
@@ -58,11 +76,31 @@ pub async fn measure(
     window: usize,
     duration: Duration,
 ) -> Result<Figures, ChannelError> {
+    probe(ch, connections, window, |start| Limit::Until(start + duration)).await
+}
+
+/// [`measure`], but each connection sends exactly `units` requests: the same
+/// work whatever the speed, so that instruction counts (under callgrind) compare.
+pub async fn measure_units(
+    ch: &Channel,
+    connections: usize,
+    window: usize,
+    units: u64,
+) -> Result<Figures, ChannelError> {
+    probe(ch, connections, window, |_| Limit::Units(units)).await
+}
+
+async fn probe(
+    ch: &Channel,
+    connections: usize,
+    window: usize,
+    limit: impl Fn(Instant) -> Limit,
+) -> Result<Figures, ChannelError> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
         let stream = ch.connect(WORK_PORT).await?;
-        tasks.spawn(one_connection(stream, format!("load{c}"), window, start + duration));
+        tasks.spawn(one_connection(stream, format!("load{c}"), window, limit(start)));
     }
     let mut total = Figures::default();
     while let Some(r) = tasks.join_next().await {
@@ -88,54 +126,55 @@ async fn one_connection(
     stream: Box<dyn crate::channel::Stream>,
     prefix: String,
     window: usize,
-    until: Instant,
+    limit: Limit,
 ) -> Result<Figures, ChannelError> {
-    let (r, mut w) = tokio::io::split(stream);
-    let mut reader = BufReader::new(r);
+    let (mut r, mut w) = tokio::io::split(stream);
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let mut f = Figures::default();
     let mut n = 0;
-    let mut line = Vec::new();
+    let mut frames = Frames::new();
+    let mut batch = PREAMBLE.to_vec();
     loop {
-        if Instant::now() < until {
-            let mut batch = Vec::new();
-            while sent.len() < window {
-                let req = request(&prefix, n);
-                n += 1;
-                batch.extend(to_line(&req)?);
-                sent.insert(req.id, Instant::now());
-            }
-            if !batch.is_empty() {
-                w.write_all(&batch).await?;
-            }
+        // Refill the window in one write after all that arrived is counted:
+        // the active then reads many requests per wake-up.
+        while sent.len() < window && limit.more(n) {
+            let req = request(&prefix, n);
+            n += 1;
+            frame_into(&req, &mut batch);
+            sent.insert(req.id, Instant::now());
+        }
+        if !batch.is_empty() {
+            w.write_all(&batch).await?;
+            batch.clear();
         }
         if sent.is_empty() {
             return Ok(f);
         }
-        line.clear();
         // Bounded: a pair that stops answering ends the probe with an error.
-        let got = tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line))
+        let got = tokio::time::timeout(Duration::from_secs(5), r.read_buf(frames.spare()))
             .await
             .map_err(|_| ChannelError::Timeout(Duration::from_secs(5)))??;
         if got == 0 {
             return Err(ChannelError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        let reply: WorkReply = from_line(&line)?;
-        let Some(t) = sent.remove(reply.id()) else { continue };
-        match reply {
-            WorkReply::Ack { registered, .. } => {
-                f.latencies_us.push(t.elapsed().as_micros() as u64);
-                if registered {
-                    f.registered += 1;
-                } else {
-                    f.simplex += 1;
+        while let Some(frame) = frames.next_frame()? {
+            let reply: WorkReply = from_frame(frame)?;
+            let Some(t) = sent.remove(reply.id()) else { continue };
+            match reply {
+                WorkReply::Ack { registered, .. } => {
+                    f.latencies_us.push(t.elapsed().as_micros() as u64);
+                    if registered {
+                        f.registered += 1;
+                    } else {
+                        f.simplex += 1;
+                    }
                 }
-            }
-            WorkReply::Rejected { .. } => f.refused += 1,
-            WorkReply::NotActive { .. } => {
-                // Not the active: it reads nothing more on this connection.
-                f.refused += 1;
-                return Ok(f);
+                WorkReply::Rejected { .. } => f.refused += 1,
+                WorkReply::NotActive { .. } => {
+                    // Not the active: it reads nothing more on this connection.
+                    f.refused += 1;
+                    return Ok(f);
+                }
             }
         }
     }

@@ -5,13 +5,13 @@
 
 use crate::channel::Channel;
 use crate::history::{History, Kind, Record, Recorder};
-use hitless_protocol::{from_line, to_line, Operation, WorkReply, WorkRequest, WORK_PORT};
+use hitless_protocol::{frame_into, from_frame, Frames, Operation, WorkReply, WorkRequest, PREAMBLE, WORK_PORT};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Requests in flight at once on the connection.
 const WINDOW: usize = 8;
@@ -138,40 +138,35 @@ async fn run(
             target = (target + 1) % targets.len();
             continue;
         };
-        let (r, mut w) = tokio::io::split(stream);
-        let mut reader = BufReader::new(r);
+        let (mut r, mut w) = tokio::io::split(stream);
+        let mut frames = Frames::new();
+        let mut out = PREAMBLE.to_vec();
         for req in &inflight {
             h.push(Record::new(t(start), Kind::Retry, &req.id, name));
-            let Ok(line) = to_line(req) else { continue };
-            if w.write_all(&line).await.is_err() {
-                continue 'outer;
-            }
+            frame_into(req, &mut out);
         }
-        let mut line = Vec::new();
         loop {
             // Keep the window full unless stopping.
             while inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
                 let req = op(&run_id, next_op);
                 next_op += 1;
                 h.push(Record::new(t(start), Kind::Send, &req.id, name));
-                let Ok(l) = to_line(&req) else { continue };
+                frame_into(&req, &mut out);
                 inflight.push_back(req);
-                if w.write_all(&l).await.is_err() {
+            }
+            if !out.is_empty() {
+                if w.write_all(&out).await.is_err() {
                     continue 'outer;
                 }
+                out.clear();
             }
             if inflight.is_empty() {
                 break 'outer;
             }
-            line.clear();
-            let read = tokio::time::timeout(Duration::from_secs(3), reader.read_until(b'\n', &mut line)).await;
-            let reply = match read {
-                Ok(Ok(n)) if n > 0 => from_line::<WorkReply>(&line).ok(),
+            let Some(reply) = next_reply(&mut r, &mut frames).await else {
                 // Timeout, EOF or error: the processor went away; try the other.
-                _ => {
-                    target = (target + 1) % targets.len();
-                    continue 'outer;
-                }
+                target = (target + 1) % targets.len();
+                continue 'outer;
             };
             let Some(reply) = reply else { continue };
             let Some(pos) = inflight.iter().position(|r| r.id == reply.id()) else { continue };
@@ -203,6 +198,22 @@ async fn run(
         }
     }
     h
+}
+
+/// The next reply on a work connection (`Some(None)`: one that does not
+/// decode), or `None` when the connection timed out, closed or broke.
+async fn next_reply(r: &mut (impl AsyncRead + Unpin), frames: &mut Frames) -> Option<Option<WorkReply>> {
+    loop {
+        match frames.next_frame() {
+            Ok(Some(frame)) => return Some(from_frame(frame).ok()),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match tokio::time::timeout(Duration::from_secs(3), r.read_buf(frames.spare())).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
 }
 
 #[cfg(test)]

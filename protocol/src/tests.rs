@@ -18,6 +18,11 @@ fn unit(id: &str, priority: Option<u8>) -> WorkUnit {
         ops: vec![format!("{id}-open")],
     }
 }
+/// Set a hand-edited frame's length header to its body.
+fn reframe(frame: &mut [u8]) {
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+}
 fn update(op: Operation) -> LinkMsg {
     LinkMsg::Update { generation: 1, seq: 7, request: WorkRequest { id: "r7".into(), op } }
 }
@@ -27,9 +32,10 @@ fn v2_with_features_off_is_read_by_v1() {
     // 2.0.0 with features disabled: negotiated set is empty whatever the peer supports.
     let neg = negotiated(&v1(), &v1());
     let snap = LinkMsg::StepUp { generation: 1, seq: 3, units: vec![unit("a", None)], chain: 0 };
-    let line = encode_link(&snap, &neg).unwrap();
-    assert!(!String::from_utf8_lossy(&line).contains("priority"));
-    assert_eq!(decode_link(&line, &v1()).unwrap(), snap);
+    let frame = encode_link(&snap, &neg).unwrap();
+    let read = decode_link(&frame, &v1()).unwrap();
+    assert_eq!(read, snap);
+    assert_eq!(link_feature(&read), None);
     let upd = update(Operation::Close { unit: "a".into() });
     assert_eq!(decode_link(&encode_link(&upd, &neg).unwrap(), &v1()).unwrap(), upd);
 }
@@ -61,23 +67,95 @@ fn feature_content_is_not_encoded_unless_negotiated() {
 
 #[test]
 fn v1_rejects_feature_content_instead_of_dropping_it() {
-    let line = to_line(&update(Operation::SetPriority { unit: "a".into(), priority: 1 })).unwrap();
-    assert!(matches!(decode_link(&line, &v1()), Err(ProtocolError::Unsupported(f)) if f == FEATURE_PRIORITY));
-    let line = to_line(&LinkMsg::StepUp { generation: 1, seq: 1, units: vec![unit("a", Some(1))], chain: 0 }).unwrap();
-    assert!(matches!(decode_link(&line, &v1()), Err(ProtocolError::Unsupported(_))));
+    // Encoded without the gate (as a build that ignored it would).
+    let frame = to_frame(&update(Operation::SetPriority { unit: "a".into(), priority: 1 }));
+    assert!(matches!(decode_link(&frame, &v1()), Err(ProtocolError::Unsupported(f)) if f == FEATURE_PRIORITY));
+    let frame = to_frame(&LinkMsg::StepUp { generation: 1, seq: 1, units: vec![unit("a", Some(1))], chain: 0 });
+    assert!(matches!(decode_link(&frame, &v1()), Err(ProtocolError::Unsupported(_))));
 }
 
 #[test]
-fn unknown_fields_are_ignored_for_forward_compatibility() {
-    let line = br#"{"type":"registered","generation":1,"seq":4,"added_in_3_0":true}"#;
-    assert_eq!(decode_link(line, &v1()).unwrap(), LinkMsg::Registered { generation: 1, seq: 4 });
+fn fields_added_at_the_end_are_ignored_for_forward_compatibility() {
+    // A later version appends a field to `registered`: this one reads what it knows.
+    let mut frame = to_frame(&LinkMsg::Registered { generation: 1, seq: 4 });
+    frame.extend_from_slice(&[7, 7]);
+    reframe(&mut frame);
+    assert_eq!(decode_link(&frame, &v1()).unwrap(), LinkMsg::Registered { generation: 1, seq: 4 });
+    // ...and to a step-up unit, which carries its own length: the units after it still decode.
+    let snap = LinkMsg::StepUp { generation: 2, seq: 9, units: vec![unit("a", None), unit("b", None)], chain: 5 };
+    let plain = to_frame(&snap);
+    let first_len_at = 4 + 1 + 1 + 1 + 8 + 1;
+    let first_len = usize::from(plain[first_len_at]);
+    let mut grown = plain[..first_len_at].to_vec();
+    grown.push(plain[first_len_at] + 1);
+    grown.extend_from_slice(&plain[first_len_at + 1..first_len_at + 1 + first_len]);
+    grown.push(0xaa);
+    grown.extend_from_slice(&plain[first_len_at + 1 + first_len..]);
+    reframe(&mut grown);
+    assert_eq!(decode_link(&grown, &v1()).unwrap(), snap);
 }
 
 #[test]
-fn malformed_lines_are_errors() {
-    assert!(matches!(decode_link(b"{not json", &v1()), Err(ProtocolError::Malformed(_))));
-    assert!(matches!(decode_link(br#"{"type":"teleport"}"#, &v1()), Err(ProtocolError::Malformed(_))));
+fn malformed_frames_and_lines_are_errors() {
+    let good = to_frame(&update(Operation::Close { unit: "a".into() }));
+    // Truncated body (header says more than there is, or fields run out).
+    assert!(matches!(decode_link(&good[..good.len() - 1], &v1()), Err(ProtocolError::Malformed(_))));
+    let mut short = good[..good.len() - 1].to_vec();
+    reframe(&mut short);
+    assert!(matches!(decode_link(&short, &v1()), Err(ProtocolError::Malformed(_))));
+    // Unknown kinds: of message, of operation.
+    assert!(matches!(decode_link(&[1, 0, 0, 0, 99], &v1()), Err(ProtocolError::Malformed(_))));
+    let mut bad_op = good.clone();
+    bad_op[4 + 1 + 1 + 1 + 1 + 2] = 42;
+    assert!(matches!(decode_link(&bad_op, &v1()), Err(ProtocolError::Malformed(m)) if m.contains("operation")));
+    // A string that is not UTF-8.
+    let mut bad_str = to_frame(&LinkMsg::Resync { reason: "ab".into() });
+    bad_str[6] = 0xff;
+    assert!(matches!(decode_link(&bad_str, &v1()), Err(ProtocolError::Malformed(_))));
+    // A count larger than the frame could hold.
+    assert!(matches!(decode_link(&[2, 0, 0, 0, 7, 0x7f], &v1()), Err(ProtocolError::Malformed(_))));
+    // Control lines stay JSON.
+    assert!(from_line::<ControlRequest>(b"{not json").is_err());
+    assert!(from_line::<ControlRequest>(br#"{"type":"teleport"}"#).is_err());
     assert!(from_line::<ControlRequest>(br#"{"type":"set-role","role":"boss","epoch":1}"#).is_err());
+}
+
+#[test]
+fn frames_arrive_whole_however_the_bytes_are_split() {
+    let msgs = [
+        LinkMsg::Heartbeat,
+        update(Operation::Open { unit: "u".into(), fields: [("k".to_string(), "v".to_string())].into() }),
+        LinkMsg::Registered { generation: 3, seq: 300 },
+    ];
+    let mut stream = Vec::new();
+    for m in &msgs {
+        encode_link_into(m, &v1(), &mut stream).unwrap();
+    }
+    for chunk in [1, 3, 7, stream.len()] {
+        let mut frames = Frames::new();
+        let mut got = Vec::new();
+        for piece in stream.chunks(chunk) {
+            frames.spare().extend_from_slice(piece);
+            while let Some(f) = frames.next_frame().unwrap() {
+                got.push(decode_link(f, &v1()).unwrap());
+            }
+        }
+        assert_eq!(got, msgs, "read {chunk} bytes at a time");
+        assert!(frames.is_empty());
+    }
+    // A header announcing more than the limit is refused before the body is awaited.
+    let mut frames = Frames::new();
+    frames.spare().extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(frames.next_frame(), Err(ProtocolError::TooLong(_))));
+}
+
+#[test]
+fn the_preamble_tells_another_protocol_before_any_message() {
+    assert!(check_preamble(&PREAMBLE).is_ok());
+    let v1_json = *b"{\"ty";
+    assert!(matches!(check_preamble(&v1_json), Err(ProtocolError::Version(v)) if v.contains("protocol 1")));
+    assert!(matches!(check_preamble(b"HLP\x09"), Err(ProtocolError::Version(v)) if v == "protocol 9"));
+    assert!(matches!(check_preamble(b"GET "), Err(ProtocolError::Version(_))));
 }
 
 #[test]
@@ -90,11 +168,42 @@ fn lines_end_in_newline_and_round_trip() {
 }
 
 #[test]
-fn work_reply_ids() {
-    let r = WorkReply::NotActive { id: "x".into(), role: Role::Standby, active: Some("p121".into()) };
-    assert_eq!(r.id(), "x");
-    let line = to_line(&r).unwrap();
-    assert_eq!(from_line::<WorkReply>(&line).unwrap(), r);
+fn work_messages_round_trip() {
+    let replies = [
+        WorkReply::NotActive { id: "x".into(), role: Role::Standby, active: Some("p121".into()) },
+        WorkReply::NotActive { id: "y".into(), role: Role::OutOfService, active: None },
+        WorkReply::Ack { id: "a".into(), seq: 1 << 40, registered: true, duplicate: false },
+        WorkReply::Ack { id: "b".into(), seq: 0, registered: false, duplicate: true },
+        WorkReply::Rejected { id: "c".into(), reason: "no work unit u".into() },
+    ];
+    for r in replies {
+        assert_eq!(from_frame::<WorkReply>(&to_frame(&r)).unwrap(), r);
+    }
+    assert_eq!(WorkReply::NotActive { id: "x".into(), role: Role::Active, active: None }.id(), "x");
+    for op in [
+        Operation::Open { unit: "u".into(), fields: [("caller".to_string(), "alice".to_string())].into() },
+        Operation::Update { unit: "u".into(), fields: Default::default() },
+        Operation::Close { unit: "u".into() },
+        Operation::SetPriority { unit: "u".into(), priority: 255 },
+    ] {
+        let req = WorkRequest { id: "r1".into(), op };
+        assert_eq!(from_frame::<WorkRequest>(&to_frame(&req)).unwrap(), req);
+    }
+    let hello = Hello {
+        proto: PROTOCOL_VERSION,
+        name: "p121".into(),
+        version: "2.0.0".into(),
+        supported: v2(),
+        enabled: v1(),
+        role: Role::Active,
+        epoch: 7,
+        seq: Some(42),
+    };
+    for m in [LinkMsg::Hello(hello.clone()), LinkMsg::Hello(Hello { seq: None, ..hello }), LinkMsg::Heartbeat] {
+        assert_eq!(decode_link(&encode_link(&m, &v1()).unwrap(), &v1()).unwrap(), m);
+    }
+    let resync = LinkMsg::Resync { reason: "gap: expected update 3, got 5".into() };
+    assert_eq!(decode_link(&encode_link(&resync, &v1()).unwrap(), &v1()).unwrap(), resync);
 }
 
 #[test]
