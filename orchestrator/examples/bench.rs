@@ -178,10 +178,16 @@ async fn main() -> anyhow::Result<()> {
         built.violated, debian.violated
     );
     let (mfo, maxfo) = (median(&acking_again), max(&acking_again));
-    println!(
-        "  unplanned failover (active killed -> standby acking again) median {mfo:.0} ms  max {maxfo:.0} ms   {}",
-        vs(maxfo, 1000.0, false)
-    );
+    if acking_again.is_empty() {
+        // The runner measures it from the last ack before the kill; none came before it in any run.
+        println!("  unplanned failover (active killed -> standby acking again): no sample (no ack before the kill)");
+    } else {
+        println!(
+            "  unplanned failover (active killed -> standby acking again) median {mfo:.0} ms  max {maxfo:.0} ms (n={})   {}",
+            acking_again.len(),
+            vs(maxfo, 1000.0, false)
+        );
+    }
     println!("    of which loss confirmed -> standby promoted: median {:.0} ms", median(&promoted));
     println!("  failover runs not as expected (lost work, or not rolled back): {fo_failed} of {runs}");
     Ok(())
