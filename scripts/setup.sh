@@ -3,6 +3,9 @@
 #   - qemu-system-x86 together with a matching qemu-utils (installing the first
 #     alone removes the newer qemu-img the machine may ship; see HOST-NOTES),
 #   - busybox-static, cpio, e2fsprogs, kmod (initramfs and app disks),
+#   - Debian's kernel source (linux-source-6.1) and what builds it (build-essential,
+#     flex, bison, libelf-dev, bc): the guest kernel is built from it once, by
+#     `hitless images`, with the recipe in images/kernel/,
 #   - vhost-device-vsock 0.3.0 into a project-local cargo root (.tools/),
 #   - the Debian cloud kernel package, downloaded and unpacked (no install),
 #   - chromium (headless, renders and checks the HTML reports in tests) and
@@ -23,7 +26,8 @@ if command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null; t
 elif ! command -v qemu-img >/dev/null; then
   need_pkgs+=(qemu-utils)
 fi
-[ -e /bin/busybox ] && busybox --list 2>/dev/null | grep -qx insmod || need_pkgs+=(busybox-static)
+# grep reads the whole list: with -q it could exit first, and pipefail would count the SIGPIPE as a miss.
+[ -e /bin/busybox ] && busybox --list 2>/dev/null | grep -x insmod >/dev/null || need_pkgs+=(busybox-static)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v depmod >/dev/null || need_pkgs+=(kmod)
@@ -32,6 +36,12 @@ command -v depmod >/dev/null || need_pkgs+=(kmod)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 python3 -c 'import junitparser' 2>/dev/null || /usr/bin/python3 -c 'import junitparser' 2>/dev/null ||
   need_pkgs+=(python3-junitparser)
+# The guest kernel's build (images/kernel/build.sh).
+[ -f /usr/src/linux-source-6.1.tar.xz ] || need_pkgs+=(linux-source-6.1)
+{ command -v gcc && command -v make && command -v readelf && command -v patch; } >/dev/null || need_pkgs+=(build-essential)
+for t in flex bison bc; do command -v "$t" >/dev/null || need_pkgs+=("$t"); done
+command -v xz >/dev/null || need_pkgs+=(xz-utils)
+[ -f /usr/include/libelf.h ] || need_pkgs+=(libelf-dev)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   # De-duplicate while keeping order.

@@ -72,8 +72,10 @@ impl Channel {
                 Ok(Box::new(s))
             }
             Channel::User(uds) => {
-                let mut s =
+                let s =
                     tokio::net::UnixStream::connect(uds).await.map_err(|e| err(format!("{}: {e}", uds.display())))?;
+                let mut pending = Pending(Some(s));
+                let Some(s) = pending.0.as_mut() else { return Err(err("no stream".into())) };
                 s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(|e| err(e.to_string()))?;
                 // Read the "OK <port>" line byte by byte: nothing after it may be consumed here.
                 let mut line = Vec::new();
@@ -81,6 +83,8 @@ impl Channel {
                     let mut b = [0u8; 1];
                     let n = s.read(&mut b).await.map_err(|e| err(e.to_string()))?;
                     if n == 0 {
+                        // The daemon closed it: nothing is pending any more.
+                        pending.0.take();
                         return Err(err("nobody listens on that guest port yet".into()));
                     }
                     if b[0] == b'\n' {
@@ -91,6 +95,7 @@ impl Channel {
                         return Err(err("garbled vhost-device-vsock handshake".into()));
                     }
                 }
+                let s = pending.0.take().ok_or_else(|| err("no stream".into()))?;
                 if !line.starts_with(b"OK") {
                     return Err(err(format!("handshake answer {:?}", String::from_utf8_lossy(&line))));
                 }
@@ -103,6 +108,40 @@ impl Channel {
                 Ok(Box::new(s))
             }
         }
+    }
+}
+
+/// How long a given-up vhost-device-vsock handshake is kept open for the guest's answer.
+const HANDSHAKE_LINGER: Duration = Duration::from_secs(10);
+
+/// A connection to vhost-device-vsock whose `CONNECT` is not answered yet.
+///
+/// vhost-device-vsock 0.3.0 writes the guest's `OK <port>` to the host's
+/// connection with an `unwrap`: if the host has closed it by then, the write
+/// fails (EPIPE), the daemon panics and exits, and the guest is unreachable
+/// from then on (seen in the VM tests under TCG load: a call's timeout
+/// dropped a connect in progress). So a handshake that is given up is not
+/// closed at once: dropped before the answer, the stream stays open in the
+/// background until the answer or EOF arrives (at most [`HANDSHAKE_LINGER`]).
+struct Pending(Option<tokio::net::UnixStream>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut s) = self.0.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            let drain = async {
+                let mut b = [0u8; 64];
+                loop {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) if b[..n].contains(&b'\n') => break,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(HANDSHAKE_LINGER, drain).await;
+        });
     }
 }
 
@@ -148,5 +187,35 @@ impl AgentClient {
             ChannelError::Timeout(_) => ChannelError::Timeout(timeout),
             e => e,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A connect given up before the daemon answers leaves the connection open for the answer.
+    #[tokio::test]
+    async fn a_given_up_vsock_handshake_stays_open_until_answered() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("vsock.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let ch = Channel::User(path);
+        // The caller gives up after 50 ms; the "guest" answers after 300 ms.
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), ch.connect(1024)).await;
+        assert!(gave_up.is_err());
+        let (mut daemon_side, _) = listener.accept().await.unwrap();
+        let mut connect = [0u8; 13];
+        daemon_side.read_exact(&mut connect).await.unwrap();
+        assert_eq!(&connect, b"CONNECT 1024\n");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // vhost-device-vsock writes the answer and panics if this fails: it must not.
+        daemon_side.write_all(b"OK 1024\n").await.unwrap();
+        // Then the host side closes.
+        let mut rest = Vec::new();
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), daemon_side.read_to_end(&mut rest)).await.unwrap().unwrap();
+        assert_eq!(n, 0);
     }
 }

@@ -433,8 +433,10 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
         Cmd::Images => {
             let cfg = Config::load(&cli.config).map_err(Error::from)?;
             let t = std::time::Instant::now();
-            let (boot, apps) = hitless::images::build_all(&cfg).map_err(Error::from).context("make images")?;
-            println!("boot   {} + {}", boot.kernel.display(), boot.initrd.display());
+            let progress = |m: &str| eprintln!("[{:7.1}s] {m}", t.elapsed().as_secs_f64());
+            let (boot, apps) =
+                hitless::images::build_all(&cfg, &progress).map_err(Error::from).context("make images")?;
+            println!("boot   {} + {} (kernel: {})", boot.kernel.display(), boot.initrd.display(), cfg.kernel);
             for a in apps {
                 println!("{:<16} {}", a.version, a.path.display());
             }

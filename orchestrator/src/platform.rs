@@ -6,6 +6,11 @@
 //! A `/dev/kvm` that exists is not enough for KVM: in a nested sandbox without
 //! VMX/SVM, KVM starts and then hangs the guest. So `auto` needs the device to
 //! open *and* the CPU to advertise hardware virtualization; otherwise TCG.
+//!
+//! Under TCG a guest reads the host's TSC, so the host's TSC frequency
+//! ([`host_tsc_khz`], found once) is the guest's too: told on the kernel
+//! command line, it spares the guest a calibration (and keeps microvm from
+//! hanging at "Marking TSC unstable").
 
 use crate::config::{AccelChoice, VsockMode};
 use serde::{Deserialize, Serialize};
@@ -149,9 +154,62 @@ pub fn kernel_vsock_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-vsock").is_ok()
 }
 
+/// The host's TSC frequency in kHz, found once per process: the host kernel's refined
+/// calibration, else its detected frequency (both from `dmesg`), else `/proc/cpuinfo`'s
+/// "cpu MHz"; `None` if none of them says.
+pub fn host_tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        let dmesg = std::process::Command::new("dmesg")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let khz = tsc_khz_from(&dmesg, &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
+        if khz.is_none() {
+            tracing::warn!("host TSC frequency unknown (no dmesg line, no cpu MHz): guests calibrate it themselves");
+        }
+        khz
+    })
+}
+
+/// The TSC frequency in kHz that the host kernel's log or cpuinfo states (see [`host_tsc_khz`]).
+pub fn tsc_khz_from(dmesg: &str, cpuinfo: &str) -> Option<u64> {
+    // "1234.567" MHz -> 1234567 kHz, without floating point.
+    let khz = |mhz: &str| {
+        let (int, frac) = mhz.trim().split_once('.').unwrap_or((mhz.trim(), ""));
+        let frac: String = frac.chars().chain("000".chars()).take(3).collect();
+        let v = int.parse::<u64>().ok()? * 1000 + frac.parse::<u64>().ok()?;
+        (v > 0).then_some(v)
+    };
+    let after = |line: &str, marker: &str| {
+        let rest = &line[line.find(marker)? + marker.len()..];
+        khz(rest.split_whitespace().next()?)
+    };
+    let last = |marker: &str| dmesg.lines().rev().find_map(|l| after(l, marker));
+    last("Refined TSC clocksource calibration: ")
+        .or_else(|| last("tsc: Detected "))
+        .or_else(|| cpuinfo.lines().filter(|l| l.starts_with("cpu MHz")).find_map(|l| khz(l.split(':').nth(1)?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tsc_frequency_comes_from_the_best_source_there_is() {
+        let dmesg = "[    0.000064] tsc: Detected 2596.138 MHz processor\n\
+                     [    1.2] clocksource: tsc-early: mask: 0xffffffffffffffff\n\
+                     [    2.0] tsc: Refined TSC clocksource calibration: 2596.0995 MHz\n";
+        let cpuinfo = "processor\t: 0\ncpu MHz\t\t: 2400.5\nflags\t: fpu\n";
+        assert_eq!(tsc_khz_from(dmesg, cpuinfo), Some(2_596_099));
+        assert_eq!(tsc_khz_from(dmesg.lines().next().unwrap_or_default(), cpuinfo), Some(2_596_138));
+        assert_eq!(tsc_khz_from("", cpuinfo), Some(2_400_500));
+        assert_eq!(tsc_khz_from("tsc: Detected junk MHz", "cpu MHz : 0"), None);
+    }
 
     #[test]
     fn auto_needs_device_and_cpu_flag() {

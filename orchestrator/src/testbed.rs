@@ -135,7 +135,7 @@ impl Testbed {
         let qemu = QemuPair::new(cfg.clone(), run.clone(), accel, vsock);
         qemu.check_host()?;
         events.progress("building images (cached by content)");
-        qemu.boot_image()?;
+        qemu.boot_image_with(&|m| events.progress(m))?;
         let machines = Backend::Qemu(Box::new(qemu));
         machines.software(&cfg.initial_version)?;
         std::fs::create_dir_all(&run.root).map_err(file_err(&run.root))?;

@@ -48,7 +48,7 @@ fn unknown_key_is_an_error_with_its_line() {
     );
     let (code, err) = run(&["up", "--config", &cfg, "--run-dir", t.path().join("run").to_str().unwrap()], &[]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("cpus") && err.contains("line 11"), "{err}");
+    assert!(err.contains("cpus") && err.contains("line 12"), "{err}");
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //! panics (dumping the consoles so the failure can be read), the simulated
 //! pair, the `hitless` binary, a condensed transcript for snapshots, and one
 //! `assert_invariants`.
+//!
+//! `HITLESS_TEST_KERNEL=built|debian` runs the tests on that guest kernel
+//! instead of the shipped config's (`make test-vm HITLESS_TEST_KERNEL=debian`):
+//! [`config_path`] is then a copy of the shipped config with that `kernel:`.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use hitless::config::Config;
@@ -21,9 +25,33 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
 }
 
-/// The shipped pair config.
+/// The kernel the tests were asked to boot (`HITLESS_TEST_KERNEL`), if any.
+pub fn test_kernel() -> Option<String> {
+    std::env::var("HITLESS_TEST_KERNEL").ok().filter(|k| !k.is_empty())
+}
+
+/// The pair config the tests use: the shipped `vm-configs/pair.yaml`, or with
+/// `HITLESS_TEST_KERNEL` set, a copy of it with that kernel, written once under
+/// `target/` so that whatever reads the file again (attach, the CLI, scenarios) sees the same.
+pub fn config_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let Some(kernel) = test_kernel() else { return repo().join("vm-configs/pair.yaml") };
+        let dir = repo().join("target/test-configs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("pair-{kernel}.yaml"));
+        // Written whole or not at all: test binaries run side by side.
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).unwrap();
+        std::io::Write::write_all(&mut tmp, config_text(&repo().join(".cache/images")).as_bytes()).unwrap();
+        tmp.persist(&path).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// The pair config the tests use ([`config_path`]).
 pub fn config() -> Config {
-    Config::load(&repo().join("vm-configs/pair.yaml")).unwrap()
+    Config::load(&config_path()).unwrap()
 }
 
 /// The `hitless` binary of this workspace, built once per test binary (with its profile).
@@ -46,7 +74,9 @@ pub fn hitless_bin() -> PathBuf {
 }
 
 /// The shipped config's text with every path absolute (so it can be written
-/// elsewhere) and images cached in `cache_dir`.
+/// elsewhere), images cached in `cache_dir` and the kernel `HITLESS_TEST_KERNEL`
+/// asks for. A new `cache_dir` gets the built kernels of the repository's cache
+/// (they are keyed by content, and building one takes minutes).
 pub fn config_text(cache_dir: &std::path::Path) -> String {
     let r = repo().display().to_string();
     let paths = format!(
@@ -54,13 +84,47 @@ pub fn config_text(cache_dir: &std::path::Path) -> String {
          vhost_device_vsock: {r}/.tools/bin/vhost-device-vsock\n  workspace: {r}\nversions:",
         cache_dir.display()
     );
-    std::fs::read_to_string(repo().join("vm-configs/pair.yaml")).unwrap().replace("versions:", &paths)
+    seed_kernels(cache_dir);
+    let text = std::fs::read_to_string(repo().join("vm-configs/pair.yaml")).unwrap().replace("versions:", &paths);
+    match test_kernel() {
+        Some(k) => text
+            .lines()
+            .map(|l| if l.starts_with("kernel:") { format!("kernel: {k}") } else { l.to_string() })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => text,
+    }
 }
 
-/// `hitless ARGS` with the shipped config.
+/// Link (or copy) the repository cache's built kernels into `cache_dir`.
+fn seed_kernels(cache_dir: &std::path::Path) {
+    let shared = repo().join(".cache/images");
+    if cache_dir.canonicalize().ok() == shared.canonicalize().ok() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(&shared) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let to = cache_dir.join(&name);
+        if name.starts_with("kernel-") && e.path().is_dir() && !to.exists() {
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+                let dest = to.join(f.file_name());
+                if std::fs::hard_link(f.path(), &dest).is_err() {
+                    std::fs::copy(f.path(), &dest).unwrap();
+                }
+            }
+        } else if name == "kernel-source.id" && !to.exists() {
+            std::fs::create_dir_all(cache_dir).unwrap();
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// `hitless ARGS` with the tests' config ([`config_path`]).
 pub fn hitless(args: &[&str]) -> Command {
     let mut c = Command::new(hitless_bin());
-    c.args(args).arg("--config").arg(repo().join("vm-configs/pair.yaml"));
+    c.args(args).arg("--config").arg(config_path());
     c
 }
 

@@ -7,10 +7,12 @@
 
 use hitless::scenario::runner::{self, Where};
 use hitless::scenario::Scenario;
-use hitless_tests::repo;
+use hitless_tests::{config_path, repo};
 
 async fn run(name: &str) {
-    let s = Scenario::load(&repo().join(format!("vm-configs/scenarios/{name}.yaml"))).unwrap();
+    let mut s = Scenario::load(&repo().join(format!("vm-configs/scenarios/{name}.yaml"))).unwrap();
+    // The pair the tests were asked to run (HITLESS_TEST_KERNEL).
+    s.config = config_path();
     let out = tempfile::tempdir().unwrap();
     let o = runner::run(&s, Where::Qemu, out.path(), None, |e| eprintln!("{}", hitless::events::render(e))).await;
     assert!(o.passed && !o.skipped, "{name}: {o:#?}");

@@ -24,6 +24,8 @@ fn defaults_and_derived_values() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.accelerator, AccelChoice::Auto);
     assert_eq!(c.vsock, VsockMode::Auto);
+    assert_eq!(c.kernel, KernelChoice::Built);
+    assert_eq!(c.kernel_source, PathBuf::from("/usr/src/linux-source-6.1.tar.xz"));
     assert_eq!(c.processors[ProcId::FIRST].memory_mib, 256);
     assert_eq!(c.processors[ProcId::SECOND].memory_mib, 512);
     assert_eq!((c.processors[ProcId::FIRST].cid, c.processors[ProcId::SECOND].cid), (3, 4));
@@ -75,6 +77,11 @@ fn parse_errors_name_line_and_column() {
         "bad_enum",
         parse(&GOOD.replace("name: pair", "name: pair\naccelerator: hvf")).unwrap_err().to_string()
     );
+    insta::assert_snapshot!(
+        "bad_kernel",
+        parse(&GOOD.replace("name: pair", "name: pair\nkernel: vmlinuz")).unwrap_err().to_string()
+    );
+    assert_eq!(parse(&GOOD.replace("name: pair", "name: pair\nkernel: debian")).unwrap().kernel, KernelChoice::Debian);
     insta::assert_snapshot!(
         "one_processor",
         parse(&GOOD.replace("  - name: p122\n    mac: \"52:54:00:00:01:22\"\n    memory_mib: 512\n", ""))

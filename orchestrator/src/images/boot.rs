@@ -1,11 +1,14 @@
 //! The boot image: one kernel and initramfs for every processor and version.
-//! The initramfs holds busybox, the kernel modules the devices need (resolved
-//! from `modules.dep`) and the init of `images/init.sh`.
+//! The initramfs holds busybox, the init of `images/init.sh` and, for
+//! Debian's packaged kernel, the kernel modules the devices need (resolved
+//! from `modules.dep`); the kernel built from source has every driver built
+//! in and needs none.
 
 use super::{
     cached, hash_files, io, publish, recipe, record_checksum, run, scratch, set_mode, short, write, ImageError,
+    Progress,
 };
-use crate::config::Config;
+use crate::config::{Config, KernelChoice};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -76,13 +79,43 @@ pub fn resolve_modules(modules_dep: &str, roots: &[&str]) -> Result<Vec<String>,
     Ok(out)
 }
 
-/// Build (or find in the cache) the boot image.
-pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
-    let (rel, vmlinuz) = kernel_release(&cfg.kernel_dir)?;
-    let busybox = PathBuf::from("/bin/busybox");
-    if !busybox.is_file() {
-        return Err(ImageError::Missing { what: "busybox (busybox-static)", path: busybox });
+/// Build (or find in the cache) the boot image of the kernel `cfg` chooses.
+pub fn boot_image(cfg: &Config, progress: Progress) -> Result<BootImage, ImageError> {
+    match cfg.kernel {
+        KernelChoice::Built => built_boot_image(cfg, progress),
+        KernelChoice::Debian => debian_boot_image(cfg),
     }
+}
+
+/// The kernel built from the recipe in `images/kernel/` (everything built in, so no modules).
+fn built_boot_image(cfg: &Config, progress: Progress) -> Result<BootImage, ImageError> {
+    let kernel = super::kernel::built_kernel(cfg, progress)?;
+    let busybox = busybox()?;
+    let mut h = Sha256::new();
+    h.update(recipe::INIT);
+    h.update(recipe::APPLETS);
+    h.update(b"modules: none (built-in kernel ");
+    h.update(&kernel.key);
+    h.update(b")");
+    hash_files(&mut h, std::slice::from_ref(&busybox))?;
+    let dir = cfg.cache_dir.join(format!("boot-{}", short(h)));
+    let img = BootImage { kernel: kernel.vmlinux, initrd: dir.join("initramfs.cpio") };
+    if cached(&img.initrd) {
+        return Ok(img);
+    }
+    tracing::info!("building boot image {}", dir.display());
+    let tmp = scratch(&cfg.cache_dir)?;
+    let out_dir = tmp.path().join("out");
+    initramfs(tmp.path(), &busybox, &[], &out_dir)?;
+    replace(&dir)?;
+    publish(&out_dir, &dir)?;
+    Ok(img)
+}
+
+/// Debian's packaged cloud kernel, unpacked in `paths.kernel_dir`, with the modules the devices need.
+fn debian_boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
+    let (rel, vmlinuz) = kernel_release(&cfg.kernel_dir)?;
+    let busybox = busybox()?;
     let moddir = cfg.kernel_dir.join("lib/modules").join(&rel);
     let dep = moddir.join("modules.dep");
     if !dep.is_file() {
@@ -108,19 +141,57 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     }
     tracing::info!("building boot image {}", dir.display());
     let tmp = scratch(&cfg.cache_dir)?;
-    let root = tmp.path().join("root");
     let out_dir = tmp.path().join("out");
-    std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
+    let named: Vec<(&str, &Path)> =
+        modules.iter().zip(&mod_files).map(|(m, f)| (m.rsplit('/').next().unwrap_or(m), f.as_path())).collect();
+    initramfs(tmp.path(), &busybox, &named, &out_dir)?;
+    let bz = std::fs::read(&vmlinuz).map_err(io(&vmlinuz))?;
+    let pvh = kernel_config(&cfg.kernel_dir, &rel).is_some_and(|c| c.lines().any(|l| l == "CONFIG_PVH=y"));
+    match pvh.then(|| super::pvh::elf_from_bzimage(&bz)).flatten() {
+        // QEMU boots an ELF kernel with a PVH note directly: no real-mode setup and no
+        // decompression under TCG (about 0.75 s of every boot here).
+        Some(elf) => write(&out_dir.join("kernel"), &elf)?,
+        None => {
+            tracing::info!("no PVH-bootable vmlinux in {}; booting the bzImage", vmlinuz.display());
+            write(&out_dir.join("kernel"), &bz)?;
+        }
+    }
+    record_checksum(&out_dir.join("kernel"))?;
+    replace(&dir)?;
+    publish(&out_dir, &dir)?;
+    Ok(img)
+}
+
+fn busybox() -> Result<PathBuf, ImageError> {
+    let busybox = PathBuf::from("/bin/busybox");
+    if !busybox.is_file() {
+        return Err(ImageError::Missing { what: "busybox (busybox-static)", path: busybox });
+    }
+    Ok(busybox)
+}
+
+/// A build from before checksums were recorded is replaced whole.
+fn replace(dir: &Path) -> Result<(), ImageError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Write `out_dir/initramfs.cpio` (with its checksum): busybox and its applets, the
+/// init, and `modules` (file name, path) listed in load order in `/modules.list`.
+fn initramfs(tmp: &Path, busybox: &Path, modules: &[(&str, &Path)], out_dir: &Path) -> Result<(), ImageError> {
+    let root = tmp.join("root");
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     for d in ["bin", "proc", "sys", "dev", "app", "lib/modules"] {
         std::fs::create_dir_all(root.join(d)).map_err(io(&root))?;
     }
-    std::fs::copy(&busybox, root.join("bin/busybox")).map_err(io(&busybox))?;
+    std::fs::copy(busybox, root.join("bin/busybox")).map_err(io(busybox))?;
     for a in recipe::entries(recipe::APPLETS) {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).map_err(io(&root))?;
     }
     let mut list = String::new();
-    for (m, f) in modules.iter().zip(&mod_files) {
-        let name = m.rsplit('/').next().unwrap_or(m);
+    for (name, f) in modules {
         std::fs::copy(f, root.join("lib/modules").join(name)).map_err(io(f))?;
         list.push_str(name);
         list.push('\n');
@@ -146,25 +217,7 @@ pub fn boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     if !st.success() {
         return Err(ImageError::Tool { cmd: "cpio".into(), detail: st.to_string() });
     }
-    let bz = std::fs::read(&vmlinuz).map_err(io(&vmlinuz))?;
-    let pvh = kernel_config(&cfg.kernel_dir, &rel).is_some_and(|c| c.lines().any(|l| l == "CONFIG_PVH=y"));
-    match pvh.then(|| super::pvh::elf_from_bzimage(&bz)).flatten() {
-        // QEMU boots an ELF kernel with a PVH note directly: no real-mode setup and no
-        // decompression under TCG (about 0.75 s of every boot here).
-        Some(elf) => write(&out_dir.join("kernel"), &elf)?,
-        None => {
-            tracing::info!("no PVH-bootable vmlinux in {}; booting the bzImage", vmlinuz.display());
-            write(&out_dir.join("kernel"), &bz)?;
-        }
-    }
-    record_checksum(&out_dir.join("kernel"))?;
-    record_checksum(&out_dir.join("initramfs.cpio"))?;
-    if dir.exists() {
-        // A build from before checksums were recorded: replaced whole.
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-    }
-    publish(&out_dir, &dir)?;
-    Ok(img)
+    record_checksum(&cpio)
 }
 
 fn kernel_config(kernel_dir: &Path, rel: &str) -> Option<String> {

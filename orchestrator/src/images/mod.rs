@@ -2,15 +2,21 @@
 //! directory. One **boot image** for all versions ([`boot`]: a kernel and an
 //! initramfs with busybox, the modules the devices need and the init), plus
 //! one **app disk** per software version ([`app`]: ext4 holding that
-//! version's agent binary and manifest). Everything is cached by the content
-//! of its inputs, so a second build does nothing.
+//! version's agent binary and manifest). The kernel is either built from
+//! Debian's kernel source package ([`kernel`], the default) or Debian's
+//! packaged cloud kernel. Everything is cached by the content of its inputs,
+//! so a second build does nothing.
 
 pub mod app;
 pub mod boot;
+pub mod kernel;
 pub mod pvh;
 
 pub use app::{app_image, AppImage};
 pub use boot::{boot_image, BootImage};
+
+/// Where a long build reports what it is doing (the kernel takes minutes).
+pub type Progress<'a> = &'a dyn Fn(&str);
 
 use crate::config::Config;
 use sha2::{Digest, Sha256};
@@ -25,6 +31,21 @@ pub mod recipe {
     pub const APPLETS: &str = include_str!("../../../images/applets.txt");
     /// Kernel modules the devices need, one per line (`#` comments).
     pub const MODULES: &str = include_str!("../../../images/modules.txt");
+    /// The built kernel's options on top of `tinyconfig`.
+    pub const KERNEL_FRAGMENT: &str = include_str!("../../../images/kernel/config.fragment");
+    /// The script that builds the kernel from Debian's source package.
+    pub const KERNEL_BUILD: &str = include_str!("../../../images/kernel/build.sh");
+    /// The patches applied to the kernel source, in order: (file name, text).
+    pub const KERNEL_PATCHES: &[(&str, &str)] = &[
+        (
+            "0001-x86-mm-skip-init-memory-poisoning.patch",
+            include_str!("../../../images/kernel/0001-x86-mm-skip-init-memory-poisoning.patch"),
+        ),
+        (
+            "0002-net-linkwatch-carrier-up-is-urgent.patch",
+            include_str!("../../../images/kernel/0002-net-linkwatch-carrier-up-is-urgent.patch"),
+        ),
+    ];
 
     /// The entries of a recipe list: non-empty lines without comments.
     pub fn entries(list: &str) -> Vec<&str> {
@@ -87,8 +108,8 @@ pub enum ImageError {
 }
 
 /// Build everything the configuration names: the boot image and every version's app disk.
-pub fn build_all(cfg: &Config) -> Result<(BootImage, Vec<AppImage>), ImageError> {
-    let boot = boot_image(cfg)?;
+pub fn build_all(cfg: &Config, progress: Progress) -> Result<(BootImage, Vec<AppImage>), ImageError> {
+    let boot = boot_image(cfg, progress)?;
     let apps = cfg.versions.keys().map(|v| app_image(cfg, v)).collect::<Result<Vec<_>, _>>()?;
     Ok((boot, apps))
 }

@@ -1,19 +1,62 @@
 //! The QEMU command line, as pure functions that each return their slice of
 //! argv, so that the whole line is unit- and snapshot-tested. Every fixed
 //! choice (machine, firmware, devices) is a named constant here.
+//!
+//! The machine type follows the kernel ([`MachineType::for_kernel`]): the
+//! kernel built from source boots on `microvm` (no ACPI, no PCI: virtio-mmio
+//! devices that QEMU announces on the kernel command line), Debian's kernel
+//! on `q35` (it hangs with ACPI off, and its `virtio_mmio` module ignores
+//! command-line devices). The CPU model follows the accelerator: `host` under
+//! KVM; `qemu64` under TCG, whose lack of ERMS keeps `rep movsb/stosb` from
+//! running byte by byte, with the host's TSC frequency and no local APIC
+//! timer on the kernel command line (no calibration under emulation).
 
-use crate::config::Processor;
+use crate::config::{KernelChoice, Processor};
 use crate::platform::Accel;
 use std::path::{Path, PathBuf};
 
-/// Minimal firmware: boots the kernel directly, far faster than SeaBIOS.
+/// Minimal firmware for q35: boots the kernel directly, far faster than SeaBIOS
+/// (microvm's own default firmware is qboot already).
 pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 /// Kernel command line shared by every processor; the identity is appended.
 pub const KERNEL_CMDLINE: &str = concat!(
-    "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t pci=lastbus=0 ",
-    "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd ",
-    "tsc=reliable no_timer_check noreplace-smp rcupdate.rcu_expedited=1 cryptomgr.notests"
+    "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t ",
+    "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 cryptomgr.notests"
 );
+/// What q35 adds for Debian's kernel: one PCI bus to scan, no PS/2 controller probing, no SMP patching.
+pub const Q35_CMDLINE: &str = "pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd noreplace-smp";
+/// What TCG adds (with `tsc_early_khz=<host TSC kHz>`): no local APIC timer to calibrate
+/// against the PIT (TCG has no TSC-deadline timer; ~0.2 s of boot).
+pub const TCG_CMDLINE: &str = "noapictimer";
+/// The CPU model under TCG: no ERMS (with it, `rep movsb/stosb` runs one byte per loop under TCG).
+pub const TCG_CPU: &str = "qemu64";
+
+/// The QEMU machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineType {
+    /// `microvm`, ACPI off, PIT and PIC on (without them it hangs under TCG), virtio-mmio devices.
+    Microvm,
+    /// `q35` with qboot and virtio-pci devices.
+    Q35,
+}
+
+impl MachineType {
+    /// The machine that boots `kernel` fastest.
+    pub fn for_kernel(kernel: KernelChoice) -> Self {
+        match kernel {
+            KernelChoice::Built => MachineType::Microvm,
+            KernelChoice::Debian => MachineType::Q35,
+        }
+    }
+
+    /// The device model of virtio `kind` (e.g. `virtio-blk`) on this machine's transport.
+    fn virtio(self, kind: &str) -> String {
+        match self {
+            MachineType::Microvm => format!("{kind}-device"),
+            MachineType::Q35 => format!("{kind}-pci"),
+        }
+    }
+}
 
 /// How the guest's vsock device is provided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +73,10 @@ pub struct MachineSpec<'a> {
     /// The processor.
     pub processor: &'a Processor,
     pub accel: Accel,
+    /// Machine type (from the kernel).
+    pub machine: MachineType,
+    /// The host's TSC frequency in kHz, told to the guest under TCG.
+    pub tsc_khz: Option<u64>,
     /// Kernel image.
     pub kernel: &'a Path,
     pub initrd: &'a Path,
@@ -61,9 +108,12 @@ fn s(p: &Path) -> String {
 pub fn machine_args(m: &MachineSpec) -> Vec<String> {
     let (accel, cpu) = match m.accel {
         Accel::Kvm => ("kvm", "host"),
-        Accel::Tcg => ("tcg", "max"),
+        Accel::Tcg => ("tcg", TCG_CPU),
     };
-    let mut machine = format!("q35,accel={accel},smbus=off,sata=off,usb=off,vmport=off");
+    let mut machine = match m.machine {
+        MachineType::Microvm => format!("microvm,accel={accel},acpi=off,pit=on,pic=on"),
+        MachineType::Q35 => format!("q35,accel={accel},smbus=off,sata=off,usb=off,vmport=off"),
+    };
     if matches!(m.vsock, VsockDevice::User(_)) {
         // vhost-user needs guest memory the daemon can map.
         machine.push_str(",memory-backend=mem");
@@ -87,12 +137,26 @@ pub fn machine_args(m: &MachineSpec) -> Vec<String> {
         v.push("-object".into());
         v.push(format!("memory-backend-memfd,id=mem,size={}M,share=on", m.processor.memory_mib));
     }
+    if m.machine == MachineType::Microvm {
+        // Virtio 1.0 over MMIO (QEMU 7.2 defaults to the legacy interface there).
+        v.extend(["-global".into(), "virtio-mmio.force-legacy=false".into()]);
+    }
     v
 }
 
 /// Firmware, kernel, initramfs and the command line carrying the processor's identity.
 pub fn boot_args(m: &MachineSpec) -> Vec<String> {
-    let mut append = format!("{KERNEL_CMDLINE} hitless.name={} hitless.peer={}", m.processor.name, m.peer_addr);
+    let mut append = KERNEL_CMDLINE.to_string();
+    if m.machine == MachineType::Q35 {
+        append.push_str(&format!(" {Q35_CMDLINE}"));
+    }
+    if m.accel == Accel::Tcg {
+        append.push_str(&format!(" {TCG_CMDLINE}"));
+        if let Some(khz) = m.tsc_khz {
+            append.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    append.push_str(&format!(" hitless.name={} hitless.peer={}", m.processor.name, m.peer_addr));
     if m.dial {
         append.push_str(" hitless.dial=1");
     }
@@ -100,7 +164,7 @@ pub fn boot_args(m: &MachineSpec) -> Vec<String> {
         append.push_str(&format!(" hitless.log={log}"));
     }
     let mut v = Vec::new();
-    if Path::new(QBOOT).is_file() {
+    if m.machine == MachineType::Q35 && Path::new(QBOOT).is_file() {
         v.extend(["-bios".into(), QBOOT.into()]);
     }
     v.extend(["-kernel".into(), s(m.kernel), "-initrd".into(), s(m.initrd), "-append".into(), append]);
@@ -130,7 +194,7 @@ pub fn disk_args(m: &MachineSpec) -> Vec<String> {
         "-blockdev".into(),
         format!("driver=qcow2,file={APP_NODE}-file,node-name={APP_NODE}"),
         "-device".into(),
-        format!("virtio-blk-pci,drive={APP_NODE},id=app-disk"),
+        format!("{},drive={APP_NODE},id=app-disk", m.machine.virtio("virtio-blk")),
     ]
 }
 
@@ -141,6 +205,8 @@ pub const LINK_NIC: &str = "link-nic";
 
 /// The inter-VM link: a dgram netdev between two unix datagram sockets (survives either QEMU restarting).
 pub fn link_args(m: &MachineSpec) -> Vec<String> {
+    // A PCI NIC would load an option ROM nobody needs.
+    let romfile = if m.machine == MachineType::Q35 { ",romfile=" } else { "" };
     vec![
         "-netdev".into(),
         format!(
@@ -149,19 +215,25 @@ pub fn link_args(m: &MachineSpec) -> Vec<String> {
             s(m.link_remote)
         ),
         "-device".into(),
-        format!("virtio-net-pci,netdev={LINK_NETDEV},id={LINK_NIC},mac={},romfile=", m.processor.mac),
+        format!(
+            "{},netdev={LINK_NETDEV},id={LINK_NIC},mac={}{romfile}",
+            m.machine.virtio("virtio-net"),
+            m.processor.mac
+        ),
     ]
 }
 
 /// The vsock device.
 pub fn vsock_args(m: &MachineSpec) -> Vec<String> {
     match m.vsock {
-        VsockDevice::Kernel(cid) => vec!["-device".into(), format!("vhost-vsock-pci,guest-cid={cid}")],
+        VsockDevice::Kernel(cid) => {
+            vec!["-device".into(), format!("{},guest-cid={cid}", m.machine.virtio("vhost-vsock"))]
+        }
         VsockDevice::User(sock) => vec![
             "-chardev".into(),
             format!("socket,id=vsock,path={}", s(sock)),
             "-device".into(),
-            "vhost-user-vsock-pci,chardev=vsock".into(),
+            format!("{},chardev=vsock", m.machine.virtio("vhost-user-vsock")),
         ],
     }
 }
@@ -180,13 +252,15 @@ mod tests {
         Processor { name: "p122".into(), mac: "52:54:00:00:01:22".into(), memory_mib: 256, vcpus: 1, cid: 4 }
     }
 
-    #[test]
-    fn argv_user_vsock_tcg() {
+    /// The argv of p122 on `machine` under TCG with the userspace vsock daemon, one argument a line.
+    fn user_vsock_tcg(machine: MachineType) -> String {
         let p = proc();
         let vs = VsockDevice::User("/run/p122/vhost-vsock.sock".into());
         let m = MachineSpec {
             processor: &p,
             accel: Accel::Tcg,
+            machine,
+            tsc_khz: Some(2_596_138),
             kernel: Path::new("/cache/boot/vmlinuz"),
             initrd: Path::new("/cache/boot/initramfs.cpio"),
             app_overlay: Path::new("/run/p122/app-1-1.0.0.qcow2"),
@@ -199,7 +273,20 @@ mod tests {
             agent_log: None,
             vsock: &vs,
         };
-        let argv = argv(&m).join("\n").replace(&format!("-bios\n{QBOOT}\n"), "");
+        argv(&m).join("\n").replace(&format!("-bios\n{QBOOT}\n"), "")
+    }
+
+    /// Debian's kernel: q35, PCI devices.
+    #[test]
+    fn argv_user_vsock_tcg() {
+        insta::assert_snapshot!(user_vsock_tcg(MachineType::for_kernel(KernelChoice::Debian)));
+    }
+
+    /// The built kernel: microvm, virtio-mmio devices.
+    #[test]
+    fn argv_microvm_user_vsock_tcg() {
+        let argv = user_vsock_tcg(MachineType::for_kernel(KernelChoice::Built));
+        assert!(!argv.contains("-pci") && !argv.contains("-bios") && !argv.contains("pci=lastbus"), "{argv}");
         insta::assert_snapshot!(argv);
     }
 
@@ -207,26 +294,36 @@ mod tests {
     fn kernel_vsock_and_kvm() {
         let p = proc();
         let vs = VsockDevice::Kernel(4);
-        let m = MachineSpec {
-            processor: &p,
-            accel: Accel::Kvm,
-            kernel: Path::new("k"),
-            initrd: Path::new("i"),
-            app_overlay: Path::new("o"),
-            qmp: Path::new("q"),
-            serial: Path::new("s"),
-            link_local: Path::new("a"),
-            link_remote: Path::new("b"),
-            peer_addr: "fe80::1",
-            dial: false,
-            agent_log: None,
-            vsock: &vs,
-        };
-        let a = argv(&m);
-        assert!(a.contains(&"vhost-vsock-pci,guest-cid=4".to_string()));
-        assert!(a.iter().any(|x| x.starts_with("q35,accel=kvm") && !x.contains("memory-backend")));
-        assert!(a.contains(&"host".to_string()));
-        assert!(!a.iter().any(|x| x.contains("memfd")));
-        assert!(!a.iter().any(|x| x.contains("hitless.dial")));
+        for machine in [MachineType::Q35, MachineType::Microvm] {
+            let m = MachineSpec {
+                processor: &p,
+                accel: Accel::Kvm,
+                machine,
+                tsc_khz: Some(2_596_138),
+                kernel: Path::new("k"),
+                initrd: Path::new("i"),
+                app_overlay: Path::new("o"),
+                qmp: Path::new("q"),
+                serial: Path::new("s"),
+                link_local: Path::new("a"),
+                link_remote: Path::new("b"),
+                peer_addr: "fe80::1",
+                dial: false,
+                agent_log: None,
+                vsock: &vs,
+            };
+            let a = argv(&m);
+            let (name, vsock) = match machine {
+                MachineType::Q35 => ("q35", "vhost-vsock-pci,guest-cid=4"),
+                MachineType::Microvm => ("microvm", "vhost-vsock-device,guest-cid=4"),
+            };
+            assert!(a.contains(&vsock.to_string()), "{a:?}");
+            assert!(a.iter().any(|x| x.starts_with(&format!("{name},accel=kvm")) && !x.contains("memory-backend")));
+            assert!(a.contains(&"host".to_string()));
+            assert!(!a.iter().any(|x| x.contains("memfd")));
+            assert!(!a.iter().any(|x| x.contains("hitless.dial")));
+            // KVM guests keep their APIC timer and calibrate (or use kvmclock).
+            assert!(!a.iter().any(|x| x.contains("noapictimer") || x.contains("tsc_early_khz")), "{a:?}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The QEMU backend: each processor is a QEMU guest booting the shared boot
-//! image and a fresh copy-on-write overlay of its version's app disk. Every
+//! image and a fresh copy-on-write overlay of its version's app disk, on the
+//! machine type its kernel boots fastest on ([`argv::MachineType`]). Every
 //! helper process is started through [`crate::process`] so that `down` can
 //! always stop it from the run directory; QMP drives the faults (`stop`/`cont`,
 //! `set_link`) and proves which image a guest booted.
@@ -17,7 +18,7 @@ use crate::pair::ProcId;
 use crate::platform::{Accel, Vsock};
 use crate::process;
 use crate::rundir::RunDir;
-use argv::{MachineSpec, VsockDevice};
+use argv::{MachineSpec, MachineType, VsockDevice};
 use console::ConsoleWatch;
 use qmp::Qmp;
 use std::collections::BTreeMap;
@@ -72,12 +73,17 @@ impl QemuPair {
         Ok(())
     }
 
-    /// The boot image, built (or found in the cache) once.
+    /// The boot image, built (or found in the cache) once; a kernel build's progress is logged.
     pub fn boot_image(&self) -> Result<BootImage, images::ImageError> {
+        self.boot_image_with(&|m| tracing::info!("{m}"))
+    }
+
+    /// [`Self::boot_image`], reporting a kernel build's progress (it takes minutes) to `progress`.
+    pub fn boot_image_with(&self, progress: images::Progress) -> Result<BootImage, images::ImageError> {
         if let Some(b) = self.boot.get() {
             return Ok(b.clone());
         }
-        let b = images::boot_image(&self.cfg)?;
+        let b = images::boot_image(&self.cfg, progress)?;
         Ok(self.boot.get_or_init(|| b).clone())
     }
 
@@ -215,6 +221,9 @@ impl Machines for QemuPair {
         let spec = MachineSpec {
             processor: &self.cfg.processors[p],
             accel: self.accel,
+            machine: MachineType::for_kernel(self.cfg.kernel),
+            // Only TCG guests are told (under KVM, kvmclock and the TSC-deadline timer do better).
+            tsc_khz: if self.accel == Accel::Tcg { crate::platform::host_tsc_khz() } else { None },
             kernel: &image.kernel,
             initrd: &image.initrd,
             app_overlay: &overlay,
