@@ -6,7 +6,7 @@
 #   - Debian's kernel source (linux-source-6.1) and what builds it (build-essential,
 #     flex, bison, libelf-dev, bc): the guest kernel is built from it once, by
 #     `hitless images`, with the recipe in images/kernel/,
-#   - vhost-device-vsock 0.3.0 into a project-local cargo root (.tools/),
+#   - vhost-device-vsock 0.3.0, patched (scripts/patches/), into a project-local cargo root (.tools/),
 #   - the Debian cloud kernel package, downloaded and unpacked (no install),
 #   - chromium (headless, renders and checks the HTML reports in tests) and
 #     python3-junitparser (a test reads the JUnit XML with it).
@@ -69,9 +69,31 @@ if ! qemu-img --version >/dev/null 2>&1; then
 fi
 
 # vhost-device-vsock: the userspace vsock device (no kernel vhost-vsock here).
-if ! [ -x "$tools/bin/vhost-device-vsock" ]; then
-  echo "setup: building vhost-device-vsock 0.3.0 into $tools (about a minute)"
-  cargo install --quiet vhost-device-vsock --version 0.3.0 --locked --root "$tools"
+# 0.3.0 (the newest on crates.io) panics and exits when the host closed a
+# connection before the guest answered its CONNECT, leaving that guest
+# unreachable: it is built from the crate as crates.io serves it (SHA-256
+# checked) with scripts/patches/vhost-device-vsock-0.3.0-host-closed.patch.
+# The stamp names the patch, so a daemon built without it is rebuilt.
+vsock_patch="$here/scripts/patches/vhost-device-vsock-0.3.0-host-closed.patch"
+vsock_stamp="$tools/vhost-device-vsock.$(sha256sum "$vsock_patch" | cut -c1-16)"
+if ! [ -x "$tools/bin/vhost-device-vsock" ] || ! [ -f "$vsock_stamp" ]; then
+  echo "setup: building vhost-device-vsock 0.3.0 (patched) into $tools (about a minute)"
+  crate_sha256=52ce95d81af89ad693d067c650e42df0f217addfbc96cc4820f7c62eb4a28b13
+  src=$(mktemp -d)
+  trap 'rm -rf "$src"' EXIT
+  url=https://static.crates.io/crates/vhost-device-vsock/vhost-device-vsock-0.3.0.crate
+  if command -v curl >/dev/null; then
+    curl -fsSL --max-time 120 -o "$src/crate.tar.gz" "$url"
+  else
+    python3 -c 'import sys, urllib.request; open(sys.argv[2], "wb").write(urllib.request.urlopen(sys.argv[1], timeout=120).read())' "$url" "$src/crate.tar.gz"
+  fi
+  echo "$crate_sha256  $src/crate.tar.gz" | sha256sum -c --quiet - ||
+    { echo "setup: $url is not the crate it should be (SHA-256)" >&2; rm -rf "$src"; exit 2; }
+  tar -xzf "$src/crate.tar.gz" -C "$src"
+  (cd "$src/vhost-device-vsock-0.3.0" && patch -s -p1 < "$vsock_patch")
+  cargo install --quiet --path "$src/vhost-device-vsock-0.3.0" --locked --force --root "$tools"
+  rm -rf "$src" "$tools"/vhost-device-vsock.*
+  touch "$vsock_stamp"
 fi
 
 # Debian's cloud kernel, unpacked (not installed) into .tools/kernel.
