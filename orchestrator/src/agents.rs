@@ -154,6 +154,16 @@ impl Agents {
         }
     }
 
+    /// The same agents with a pool of their own, for calls made on another
+    /// runtime: a kept connection belongs to the runtime that opened it, and is
+    /// only served while that runtime runs (a fault applied on its own thread
+    /// while the orchestrator's current-thread runtime waits for it would wait
+    /// on a connection nobody reads).
+    pub fn with_own_connections(&self) -> Self {
+        let idle = std::sync::Arc::new(Pair::from_fn(|_| std::sync::Mutex::new(Vec::new())));
+        Agents { idle, ..self.clone() }
+    }
+
     /// Forget `p`'s kept connections (it was restarted: they lead to the old machine).
     pub fn forget(&self, p: ProcId) {
         self.idle[p].lock().unwrap_or_else(|e| e.into_inner()).clear();

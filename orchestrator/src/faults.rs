@@ -415,8 +415,10 @@ pub fn arm(
                 _ => None,
             };
             if delay.is_zero() {
-                // Now, on a thread of its own (the sink runs inside the orchestrator's task).
-                let h = handles.clone();
+                // Now, on a thread of its own (the sink runs inside the orchestrator's task),
+                // on connections of its own (the orchestrator's runtime is waiting for this).
+                let mut h = handles.clone();
+                h.agents = h.agents.with_own_connections();
                 let undo = std::thread::scope(|scope| {
                     scope
                         .spawn(move || {

@@ -72,6 +72,17 @@ async fn the_active_lost_in_the_simplex_window_is_a_reported_loss() {
     insta::assert_snapshot!("kill_active_at_202", t);
 }
 
+/// On a current-thread runtime (what `#[tokio::test]` gives, and any caller
+/// may use), a fault at a step's beginning is applied while the
+/// orchestrator's runtime waits for it: it must not depend on that runtime
+/// (it once reused its kept agent connections, and found nobody active).
+#[tokio::test(flavor = "current_thread")]
+async fn a_fault_at_a_step_works_on_a_current_thread_runtime() {
+    let (o, t) = transcript_of("kill-active-at-207").await;
+    assert!(o.passed, "{o:#?}");
+    assert!(t.contains("killed p122's machine"), "{t}");
+}
+
 /// The plan `hitless run --chaos` prints (everything before the results).
 fn chaos_plan(seed: &str) -> (bool, String) {
     let out = tempfile::tempdir().unwrap();
