@@ -69,13 +69,14 @@ if ! qemu-img --version >/dev/null 2>&1; then
 fi
 
 # vhost-device-vsock: the userspace vsock device (no kernel vhost-vsock here).
-# 0.3.0 (the newest on crates.io) panics and exits when the host closed a
-# connection before the guest answered its CONNECT, leaving that guest
-# unreachable: it is built from the crate as crates.io serves it (SHA-256
-# checked) with scripts/patches/vhost-device-vsock-0.3.0-host-closed.patch.
-# The stamp names the patch, so a daemon built without it is rebuilt.
-vsock_patch="$here/scripts/patches/vhost-device-vsock-0.3.0-host-closed.patch"
-vsock_stamp="$tools/vhost-device-vsock.$(sha256sum "$vsock_patch" | cut -c1-16)"
+# 0.3.0 (the newest on crates.io) has two bugs that leave a guest unreachable:
+# it panics when the host closed a connection before the guest answered its
+# CONNECT, and its vring worker thread ends when host traffic arrives while the
+# VM is stopped (QMP stop). It is built from the crate as crates.io serves it
+# (SHA-256 checked) with scripts/patches/vhost-device-vsock-0.3.0-*.patch.
+# The stamp names the patches, so a daemon built without one is rebuilt.
+vsock_patches=$(ls "$here"/scripts/patches/vhost-device-vsock-0.3.0-*.patch)
+vsock_stamp="$tools/vhost-device-vsock.$(cat $vsock_patches | sha256sum | cut -c1-16)"
 if ! [ -x "$tools/bin/vhost-device-vsock" ] || ! [ -f "$vsock_stamp" ]; then
   echo "setup: building vhost-device-vsock 0.3.0 (patched) into $tools (about a minute)"
   crate_sha256=52ce95d81af89ad693d067c650e42df0f217addfbc96cc4820f7c62eb4a28b13
@@ -90,7 +91,9 @@ if ! [ -x "$tools/bin/vhost-device-vsock" ] || ! [ -f "$vsock_stamp" ]; then
   echo "$crate_sha256  $src/crate.tar.gz" | sha256sum -c --quiet - ||
     { echo "setup: $url is not the crate it should be (SHA-256)" >&2; rm -rf "$src"; exit 2; }
   tar -xzf "$src/crate.tar.gz" -C "$src"
-  (cd "$src/vhost-device-vsock-0.3.0" && patch -s -p1 < "$vsock_patch")
+  for p in $vsock_patches; do
+    (cd "$src/vhost-device-vsock-0.3.0" && patch -s -p1 < "$p")
+  done
   cargo install --quiet --path "$src/vhost-device-vsock-0.3.0" --locked --force --root "$tools"
   rm -rf "$src" "$tools"/vhost-device-vsock.*
   touch "$vsock_stamp"

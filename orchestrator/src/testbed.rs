@@ -507,8 +507,15 @@ impl Testbed {
         let alive = self.alive(p);
         let run_state = self.machines.run_state(p).await;
         let app_disk = if alive { self.machines.app_disk(p).await.ok() } else { None };
+        // Two quick attempts, not the request budget (30 s under TCG): an
+        // unreachable agent is what `status` must report, promptly.
         let agent = if alive {
-            self.agents.status(p).await.map_err(|e| chain(&e))
+            let first = self.agents.poll_status(p).await;
+            match first {
+                Err(crate::error::ProcessorError::Unreachable { .. }) => self.agents.poll_status(p).await,
+                other => other,
+            }
+            .map_err(|e| chain(&e))
         } else {
             Err("its machine is not running".into())
         };

@@ -1,8 +1,9 @@
 //! A representative subset of the scenario matrix on real QEMU guests (the
 //! whole matrix is `make soak`): an unplanned failover, a loss in the simplex
 //! window, a link cut during the evaluation, an agent crash in the active, a
-//! cancelled upgrade and a killed orchestrator resumed. The runner judges each
-//! end and its invariants (from the workload's histories) against its file.
+//! cancelled upgrade, a killed orchestrator resumed, a corrupt fallback image
+//! and a paused active. The runner judges each end and its invariants (from
+//! the workload's histories) against its file.
 #![allow(clippy::unwrap_used)]
 
 use hitless::scenario::runner::{self, Where};
@@ -46,4 +47,18 @@ async fn cancel_at_203() {
 #[tokio::test]
 async fn orchestrator_killed_at_203() {
     run("orchestrator-killed-at-203").await;
+}
+
+/// The pair boots from the fallback image intact; spoilt once it is up, the
+/// upgrade must refuse before anything leaves service.
+#[tokio::test]
+async fn corrupt_fallback_image() {
+    run("corrupt-fallback-image").await;
+}
+
+/// The active stopped while the host talks to it (the workload): it must
+/// answer again once it resumes, and the upgrade go on.
+#[tokio::test]
+async fn pause_active_in_simplex() {
+    run("pause-active-in-simplex").await;
 }

@@ -79,8 +79,21 @@ async fn a_paused_guest_and_a_cut_link_act_as_faults_should() {
     m.pause(standby).await.unwrap();
     assert_eq!(m.run_state(standby).await.as_deref(), Some("paused"));
     assert!(tb.agents().hello(standby, Duration::from_millis(500)).await.is_err(), "a paused guest answered");
+    // A client that does not know (the workload) connects while it is stopped.
+    let uds = guard.run.vsock_uds(tb.name(standby));
+    let _waiting = uds.exists().then(|| {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&uds).unwrap();
+        s.write_all(format!("CONNECT {}\n", hitless_protocol::CONTROL_PORT).as_bytes()).unwrap();
+        s
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     until_active(&tb, "simplex", |r| r.simplex).await;
     m.resume(standby).await.unwrap();
+    // That connect must not have cut it off for good (vhost-device-vsock
+    // 0.3.0's vring worker thread ended on it; setup.sh patches it).
+    let hello = tb.agents().hello(standby, Duration::from_secs(5)).await;
+    assert!(hello.is_ok(), "the standby is unreachable after it resumed: {hello:?}");
     until_active(&tb, "registering again", |r| !r.simplex && r.registered.is_some()).await;
 
     m.set_link(ProcId::FIRST, LinkDir::Both, false).await.unwrap();

@@ -230,24 +230,39 @@ fn small_disk(run: &Path) -> Result<SmallDisk, String> {
     Ok(SmallDisk(run.to_path_buf()))
 }
 
-/// A private image cache: links to every shared image but `version`'s, which is copied and truncated.
-fn corrupt_copy(cfg: &mut Config, version: &str, dir: &Path) -> Result<(), Error> {
+/// A private image cache: links to every shared image but `version`'s, which
+/// is copied (the pair boots from it intact; [`spoil`] spoils it once up).
+fn private_copy(cfg: &mut Config, version: &str, dir: &Path) -> Result<PathBuf, Error> {
     let image = crate::images::app_image(cfg, version)?;
     let private = dir.join("images");
     let io = |e: std::io::Error| Error::from(crate::images::ImageError::Io { path: private.clone(), source: e });
     std::fs::create_dir_all(&private).map_err(io)?;
+    let mut copy = private.clone();
     for entry in std::fs::read_dir(&cfg.cache_dir).map_err(io)?.flatten() {
         let (from, to) = (entry.path(), private.join(entry.file_name()));
+        if to.exists() || to.symlink_metadata().is_ok() {
+            continue;
+        }
         if from == image.path {
             std::fs::copy(&from, &to).map_err(io)?;
-            let len = std::fs::metadata(&to).map_err(io)?.len();
-            std::fs::OpenOptions::new().write(true).open(&to).and_then(|f| f.set_len(len / 2)).map_err(io)?;
+            copy = to;
         } else {
             std::os::unix::fs::symlink(&from, &to).map_err(io)?;
         }
     }
     cfg.cache_dir = private;
-    Ok(())
+    Ok(copy)
+}
+
+/// Replace `image` by a truncated copy under the same name: the running
+/// machines keep the intact file they opened, the next reader gets the corrupt one.
+fn spoil(image: &Path) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::from(crate::images::ImageError::Io { path: image.to_path_buf(), source: e });
+    let spoilt = image.with_extension("corrupt");
+    std::fs::copy(image, &spoilt).map_err(io)?;
+    let len = std::fs::metadata(&spoilt).map_err(io)?.len();
+    std::fs::OpenOptions::new().write(true).open(&spoilt).and_then(|f| f.set_len(len / 2)).map_err(io)?;
+    std::fs::rename(&spoilt, image).map_err(io)
 }
 
 async fn attempt(
@@ -277,15 +292,20 @@ async fn attempt(
             _ => None,
         })
         .collect();
+    let mut copies = Vec::new();
     if place == Where::Qemu {
         for v in &corrupt {
-            corrupt_copy(&mut cfg, v, dir)?;
+            copies.push(private_copy(&mut cfg, v, dir)?);
         }
     }
     let mut tb = match place {
         Where::Qemu => Testbed::up(cfg, run.clone(), events.clone()).await?,
         Where::Simulated => Testbed::simulated(cfg, run.clone(), events.clone()).await?,
     };
+    // Spoilt once the pair is up: a corrupt fallback image must not stop the bring-up.
+    for image in &copies {
+        spoil(image)?;
+    }
     let result = drive(s, &mut tb, &corrupt, timeout).await;
     // Keep the record, then take the pair down.
     for f in ["transcript.yaml", "journal.json"] {
