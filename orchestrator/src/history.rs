@@ -81,10 +81,18 @@ impl History {
         self.records.iter().filter(|r| r.kind == Kind::Rejected).count()
     }
 
-    /// Longest time without any ack that overlaps the window [from, to] (ms).
-    pub fn gap_around(&self, from: u64, to: u64) -> u64 {
-        let acks: Vec<u64> = self.records.iter().filter(|r| r.kind == Kind::Ack).map(|r| r.t_ms).collect();
-        acks.windows(2).filter(|w| w[1] >= from && w[0] <= to).map(|w| w[1] - w[0]).max().unwrap_or(0)
+    /// Longest time without any ack that overlaps the switchover [from, to]
+    /// (ms), the window running on until `new` (the new active) first acks:
+    /// the old active's last acks may reach the client after `to`.
+    pub fn gap_around(&self, from: u64, to: u64, new: &str) -> u64 {
+        let acks: Vec<&Record> = self.records.iter().filter(|r| r.kind == Kind::Ack).collect();
+        let first_new = acks.iter().find(|r| r.t_ms >= from && r.processor == new).map_or(to, |r| r.t_ms);
+        let to = to.max(first_new);
+        acks.windows(2)
+            .filter(|w| w[1].t_ms >= from && w[0].t_ms < to)
+            .map(|w| w[1].t_ms - w[0].t_ms)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Read a history file; a last line torn by a kill is skipped.
@@ -182,8 +190,19 @@ mod tests {
     #[test]
     fn gap_is_the_longest_ack_silence_touching_the_window() {
         let h = History { records: vec![ack(0, "a"), ack(10, "b"), ack(90, "c"), ack(95, "d"), ack(300, "e")] };
-        assert_eq!(h.gap_around(20, 50), 80);
-        assert_eq!(h.gap_around(96, 99), 205);
+        assert_eq!(h.gap_around(20, 50, "p"), 80);
+        assert_eq!(h.gap_around(96, 99, "p"), 205);
         assert_eq!(h.acked().len(), 5);
+    }
+
+    /// The old active's last ack reaches the client just after the promotion
+    /// (it was in transit), the new active's first 12 ms later: a gap of 12 ms.
+    #[test]
+    fn gap_runs_until_the_new_active_acks() {
+        let at = |t: u64, id: &str, p: &str| Record::new(t, Kind::Ack, id, p);
+        let h = History {
+            records: vec![at(590, "a", "p121"), at(601, "b", "p121"), at(613, "c", "p122"), at(616, "d", "p122")],
+        };
+        assert_eq!(h.gap_around(597, 600, "p122"), 12);
     }
 }

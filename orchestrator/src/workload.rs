@@ -156,6 +156,8 @@ async fn run(
             }
             if !out.is_empty() {
                 if w.write_all(&out).await.is_err() {
+                    // It closed the connection (a demoted active does): the other is likelier active.
+                    target = (target + 1) % targets.len();
                     continue 'outer;
                 }
                 out.clear();

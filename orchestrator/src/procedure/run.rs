@@ -118,7 +118,8 @@ pub(super) struct Run<'a> {
     pub(super) second: ProcId,
     pub(super) workload: Option<Workload>,
     /// Switchover windows (step, from ms, to ms) on the workload's clock.
-    pub(super) switches: Vec<(Step, u64, u64)>,
+    /// Switchovers: step, workload time before and after, the new active.
+    pub(super) switches: Vec<(Step, u64, u64, String)>,
     /// Why the last step failed or was not acceptable.
     pub(super) why: Option<String>,
     /// The step that led to the fallback (for the outcome message).
@@ -400,8 +401,8 @@ impl<'a> Run<'a> {
         let mut verdicts = Vec::new();
         let mut gaps = Vec::new();
         if !history.records.is_empty() {
-            for (step, from, to) in &self.switches {
-                let gap_ms = history.gap_around(*from, *to);
+            for (step, from, to, new) in &self.switches {
+                let gap_ms = history.gap_around(*from, *to, new);
                 self.tb.events().emit(Event::ServiceGap { step: *step, gap_ms });
                 gaps.push((*step, gap_ms));
             }
@@ -538,7 +539,7 @@ impl<'a> Run<'a> {
             Ok(_) => {
                 let took_ms = t0.0.elapsed().as_millis() as u64;
                 self.tb.events().emit(Event::Failover { from: n_lost.clone(), to: n_other.clone(), took_ms });
-                self.switches.push((step, t0.1, self.now()));
+                self.switches.push((step, t0.1, self.now(), n_other.clone()));
                 self.why = Some(format!("step {step}: active {n_lost} was lost ({}); {n_other} took over", loss.how));
                 Outcome::FailedOver
             }

@@ -171,7 +171,7 @@ impl Run<'_> {
         }
         self.tb.set_role(new, Role::Active).await?;
         let t1 = self.now();
-        self.switches.push((step, t0, t1));
+        self.switches.push((step, t0, t1, self.tb.name(new).to_string()));
         if self.tb.alive(old) {
             self.tb.wait_standby_current(old).await?;
         }
