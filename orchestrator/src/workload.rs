@@ -145,14 +145,20 @@ async fn run(
             h.push(Record::new(t(start), Kind::Retry, &req.id, name));
             frame_into(req, &mut out);
         }
+        // When the next request may go: one per PACE at most, while replies
+        // are read at once (a demoted active's close is seen then).
+        let mut next_fill = Instant::now();
         loop {
-            // Keep the window full unless stopping.
-            while inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
-                let req = op(&run_id, next_op);
-                next_op += 1;
-                h.push(Record::new(t(start), Kind::Send, &req.id, name));
-                frame_into(&req, &mut out);
-                inflight.push_back(req);
+            if Instant::now() >= next_fill {
+                // One more in flight, up to the window, unless stopping: a steady load, not a maximal one.
+                if inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
+                    let req = op(&run_id, next_op);
+                    next_op += 1;
+                    h.push(Record::new(t(start), Kind::Send, &req.id, name));
+                    frame_into(&req, &mut out);
+                    inflight.push_back(req);
+                    next_fill = Instant::now() + PACE;
+                }
             }
             if !out.is_empty() {
                 if w.write_all(&out).await.is_err() {
@@ -163,9 +169,22 @@ async fn run(
                 out.clear();
             }
             if inflight.is_empty() {
-                break 'outer;
+                if stop.load(Ordering::Relaxed) {
+                    break 'outer;
+                }
+                tokio::time::sleep_until(next_fill.into()).await;
+                continue;
             }
-            let Some(reply) = next_reply(&mut r, &mut frames).await else {
+            let reply = if inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
+                // Read until the next top-up is due (reading is cancel-safe: nothing is lost).
+                match tokio::time::timeout_at(next_fill.into(), next_reply(&mut r, &mut frames)).await {
+                    Ok(reply) => reply,
+                    Err(_) => continue,
+                }
+            } else {
+                next_reply(&mut r, &mut frames).await
+            };
+            let Some(reply) = reply else {
                 // Timeout, EOF or error: the processor went away; try the other.
                 target = (target + 1) % targets.len();
                 continue 'outer;
@@ -192,11 +211,11 @@ async fn run(
                     target = active
                         .and_then(|a| targets.iter().position(|(n, _)| *n == a))
                         .unwrap_or((target + 1) % targets.len());
+                    // Mid-switchover neither may be active yet: do not spin between them.
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue 'outer;
                 }
             }
-            tokio::time::sleep(PACE).await;
         }
     }
     h
