@@ -93,7 +93,11 @@ async fn a_paused_guest_and_a_cut_link_act_as_faults_should() {
     // That connect must not have cut it off for good (vhost-device-vsock
     // 0.3.0's vring worker thread ended on it; setup.sh patches it).
     let hello = tb.agents().hello(standby, Duration::from_secs(5)).await;
-    assert!(hello.is_ok(), "the standby is unreachable after it resumed: {hello:?}");
+    assert!(
+        hello.is_ok(),
+        "the standby is unreachable after it resumed: {hello:?}; vsock daemon: {}",
+        process::tail(&guard.run.vsock_log(tb.name(standby)), 20)
+    );
     until_active(&tb, "registering again", |r| !r.simplex && r.registered.is_some()).await;
 
     m.set_link(ProcId::FIRST, LinkDir::Both, false).await.unwrap();
