@@ -13,9 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// How often a dialling agent retries while the peer is down: the link comes
-/// up about a second after a reloaded guest's NIC probes, and every step that
-/// waits for it waits for the next attempt too.
+/// How often a dialling agent retries while the peer is down (rebooting):
+/// every step that waits for the link waits for the next attempt too. With
+/// the built kernel the link is usable as the agent starts; with Debian's
+/// about a second later (linkwatch's rate limit).
 const REDIAL: Duration = Duration::from_millis(25);
 /// One connection attempt. A peer that is down (rebooting) does not answer at
 /// all, and an unbounded connect would sit in the kernel's SYN back-off (1 s,
