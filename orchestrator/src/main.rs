@@ -15,8 +15,11 @@ use hitless::scenario::runner::{self, Where};
 use hitless::scenario::{chaos, Scenario};
 use hitless::testbed::{self, Access, Testbed};
 use hitless_protocol::Role;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// The pair config when `--config` is not given.
+const DEFAULT_CONFIG: &str = "vm-configs/pair.yaml";
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +38,9 @@ logs, state, journal, transcript) lets later commands re-attach.",
 )]
 struct Cli {
     /// Testbed configuration.
-    #[arg(long, global = true, default_value = "vm-configs/pair.yaml")]
+    ///
+    /// For `run`: the pair of every scenario file that names none of its own.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Run directory (default: $XDG_RUNTIME_DIR/hitless/<name> or /tmp/hitless-<uid>/<name>).
     #[arg(long, global = true)]
@@ -580,8 +585,10 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 if files.is_empty() {
                     anyhow::bail!("give scenario files (e.g. vm-configs/scenarios/*.yaml), or --chaos --seed S");
                 }
-                // Every file is checked before any pair starts.
-                files.iter().map(|f| Scenario::load(f)).collect::<Result<_, _>>()?
+                // Every file is checked before any pair starts; --config, when given,
+                // is the pair of every scenario that names none.
+                let pair = (cli.config != Path::new(DEFAULT_CONFIG)).then_some(cli.config.as_path());
+                files.iter().map(|f| Scenario::load_with_pair(f, pair)).collect::<Result<_, _>>()?
             };
             // A shard: every N-th scenario in a fixed order, so N runners together run each once.
             let scenarios: Vec<Scenario> = match shard {

@@ -193,3 +193,18 @@ fn shards_split_the_scenarios_so_that_every_one_runs_exactly_once() {
     let bad = hitless(&["run", "--simulated", "--shard", "3/2", files[0].as_str()]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2), "clap rejects a bad shard");
 }
+
+/// `run --config` is the pair of every scenario that names none (it was
+/// silently ignored: a scenario ran on the shipped pair, not the one asked for).
+#[test]
+fn run_uses_the_pair_config_given_on_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    // A pair whose versions lack the scenario's target: refused before any pair starts.
+    let cfg = write_config(t.path(), &good_yaml().replace("2.0.0:", "3.0.0:"));
+    let scenario = repo().join("vm-configs/scenarios/happy-path.yaml");
+    let out = t.path().join("out");
+    let (code, err) =
+        run(&["run", "--simulated", "--config", &cfg, "--out", out.to_str().unwrap(), scenario.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("2.0.0") && err.contains(&cfg), "{err}");
+}

@@ -176,19 +176,29 @@ pub enum ScenarioError {
 impl Scenario {
     /// Read and validate `path`; its pair config defaults to `pair.yaml` beside its directory.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        Scenario::load_with_pair(path, None)
+    }
+
+    /// [`Scenario::load`], with `pair` as the pair config when the file names none
+    /// (`hitless run --config`).
+    pub fn load_with_pair(path: &Path, pair: Option<&Path>) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.into(), source })?;
-        Scenario::parse(path, &text)
+        Scenario::parse_with_pair(path, &text, pair)
     }
 
     /// Parse and validate `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse_with_pair(path, text, None)
+    }
+
+    fn parse_with_pair(path: &Path, text: &str, pair: Option<&Path>) -> Result<Scenario, ScenarioError> {
         let raw: RawScenario = serde_saphyr::from_str(text)
             .map_err(|e| ScenarioError::Parse { path: path.into(), message: e.to_string() })?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let config = match &raw.config {
             Some(c) if c.value.is_absolute() => c.value.clone(),
             Some(c) => dir.join(&c.value),
-            None => dir.join("../pair.yaml"),
+            None => pair.map_or_else(|| dir.join("../pair.yaml"), Path::to_path_buf),
         };
         let cfg = Config::load(&config).map_err(|source| ScenarioError::Config { path: path.into(), source })?;
         let name = path.file_stem().map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned());
