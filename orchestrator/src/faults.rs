@@ -125,6 +125,11 @@ impl Trigger {
             (Some(_), None, false) | (None, Some(_), false) | (None, None, true) => {}
             _ => return Some("`at` needs exactly one of `step`, `time` or `before: true`".into()),
         }
+        if let Some(end) = self.step.filter(|s| s.is_end()) {
+            return Some(format!(
+                "`step: {end}` is where a run ends, not a step a fault can strike in (200-207 or 204-fallback)"
+            ));
+        }
         if self.event.is_some() && self.step.is_none() {
             return Some("`event` names an event inside a `step`".into());
         }

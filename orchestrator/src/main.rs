@@ -37,11 +37,12 @@ logs, state, journal, transcript) lets later commands re-attach.",
 130 interrupted.\n\nExamples:\n  hitless up\n  hitless upgrade --to 2.0.0\n  hitless status\n  hitless down"
 )]
 struct Cli {
-    /// Testbed configuration.
+    /// Testbed configuration [default: vm-configs/pair.yaml].
     ///
-    /// For `run`: the pair of every scenario file that names none of its own.
-    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// For `run`: when given, the pair of every scenario file that names none
+    /// of its own (otherwise pair.yaml beside the scenarios' directory).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Run directory (default: $XDG_RUNTIME_DIR/hitless/<name> or /tmp/hitless-<uid>/<name>).
     #[arg(long, global = true)]
     run_dir: Option<PathBuf>,
@@ -53,6 +54,13 @@ struct Cli {
     quiet: bool,
     #[command(subcommand)]
     command: Cmd,
+}
+
+impl Cli {
+    /// The testbed configuration file (`--config`, or the default).
+    fn config(&self) -> &Path {
+        self.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG))
+    }
 }
 
 #[derive(Subcommand)]
@@ -265,7 +273,7 @@ fn run_dir(cli: &Cli, suffix: &str) -> Result<RunDir, Error> {
     if let Some(d) = &cli.run_dir {
         return Ok(RunDir::new(d));
     }
-    Ok(RunDir::default_for(&format!("{}{suffix}", Config::load(&cli.config)?.name)))
+    Ok(RunDir::default_for(&format!("{}{suffix}", Config::load(cli.config())?.name)))
 }
 
 /// A run that ended without an error but not as hoped: its exit code.
@@ -343,7 +351,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 async fn up(cli: &Cli, events: Events) -> anyhow::Result<()> {
-    let cfg = Config::load(&cli.config).map_err(Error::from)?;
+    let cfg = Config::load(cli.config()).map_err(Error::from)?;
     let run = match &cli.run_dir {
         Some(d) => RunDir::new(d),
         None => RunDir::default_for(&cfg.name),
@@ -436,7 +444,7 @@ async fn print_status(tb: &Testbed, json: bool) -> Vec<hitless::health::Problem>
 async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
     match &cli.command {
         Cmd::Images => {
-            let cfg = Config::load(&cli.config).map_err(Error::from)?;
+            let cfg = Config::load(cli.config()).map_err(Error::from)?;
             let t = std::time::Instant::now();
             let progress = |m: &str| eprintln!("[{:7.1}s] {m}", t.elapsed().as_secs_f64());
             let (boot, apps) =
@@ -541,7 +549,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Simulate { to, timeout } => {
-            let cfg = Config::load(&cli.config).map_err(Error::from)?;
+            let cfg = Config::load(cli.config()).map_err(Error::from)?;
             let run = match &cli.run_dir {
                 Some(d) => RunDir::new(d),
                 None => RunDir::default_for(&format!("{}-simulated", cfg.name)),
@@ -574,8 +582,10 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                     Some(n) => vec![*n],
                     None => (0..*count).collect(),
                 };
-                cli.config.canonicalize().map_err(|e| anyhow::anyhow!("{}: {e}", cli.config.display()))?;
-                let s: Vec<Scenario> = draws.iter().map(|n| chaos::draw(seed, *n, &cli.config, to)).collect();
+                // Absolute: a failing draw's file and command must work from anywhere.
+                let pair =
+                    cli.config().canonicalize().map_err(|e| anyhow::anyhow!("{}: {e}", cli.config().display()))?;
+                let s: Vec<Scenario> = draws.iter().map(|n| chaos::draw(seed, *n, &pair, to)).collect();
                 println!("chaos plan (seed {seed}):");
                 for d in &s {
                     println!("{}", chaos::as_yaml(d));
@@ -587,7 +597,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                 }
                 // Every file is checked before any pair starts; --config, when given,
                 // is the pair of every scenario that names none.
-                let pair = (cli.config != Path::new(DEFAULT_CONFIG)).then_some(cli.config.as_path());
+                let pair = cli.config.as_deref();
                 files.iter().map(|f| Scenario::load_with_pair(f, pair)).collect::<Result<_, _>>()?
             };
             // A shard: every N-th scenario in a fixed order, so N runners together run each once.
@@ -641,10 +651,16 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
                     o.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
                 );
                 if !o.passed && *chaos {
-                    let _ = std::fs::write(o.dir.join("scenario.yaml"), chaos::as_yaml(s));
+                    // The draw as a file of its own: it names its pair, so it runs from anywhere.
+                    let file = format!("config: {}\n{}", s.config.display(), chaos::as_yaml(s));
+                    let _ = std::fs::write(o.dir.join("scenario.yaml"), file);
                     let n = s.name.rsplit('-').next().unwrap_or("0");
                     let sim = if *simulated { " --simulated" } else { "" };
-                    eprintln!("reproduce: hitless run --chaos --seed {} --only {n}{sim}", seed.unwrap_or_default());
+                    eprintln!(
+                        "reproduce: hitless run --chaos --seed {} --only {n} --to {to} --config {}{sim}",
+                        seed.unwrap_or_default(),
+                        s.config.display()
+                    );
                 }
                 results.push(o);
             }

@@ -208,3 +208,21 @@ fn run_uses_the_pair_config_given_on_the_command_line() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("2.0.0") && err.contains(&cfg), "{err}");
 }
+
+/// Given explicitly, even the default config is the pair of a scenario kept
+/// elsewhere (there is no pair.yaml beside it).
+#[test]
+fn run_uses_an_explicit_default_config_for_a_scenario_kept_elsewhere() {
+    let t = tempfile::tempdir().unwrap();
+    let scenario = t.path().join("mine.yaml");
+    std::fs::copy(repo().join("vm-configs/scenarios/happy-path.yaml"), &scenario).unwrap();
+    let out = t.path().join("out");
+    let (code, err) = Command::new(hitless_bin())
+        .current_dir(repo())
+        .args(["run", "--simulated", "--config", "vm-configs/pair.yaml", "--out", out.to_str().unwrap()])
+        .arg(&scenario)
+        .output()
+        .map(|o| (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned()))
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+}

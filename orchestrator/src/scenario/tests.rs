@@ -53,6 +53,9 @@ fn unknown_keys_and_bad_values_name_their_line() {
     assert!(e.contains("line 5") && e.contains("exactly one of"), "{e}");
     let e = parse(&GOOD.replace("at: { step: 207 }", "at: { step: 299 }")).unwrap_err().to_string();
     assert!(e.contains("unknown step"), "{e}");
+    // An end state is no step to strike in: such a fault would never happen, and the scenario pass unchecked.
+    let e = parse(&GOOD.replace("at: { step: 207 }", "at: { step: completed }")).unwrap_err().to_string();
+    assert!(e.contains("line 5") && e.contains("where a run ends"), "{e}");
 }
 
 #[test]
