@@ -510,8 +510,7 @@ impl Testbed {
         // Two quick attempts, not the request budget (30 s under TCG): an
         // unreachable agent is what `status` must report, promptly.
         let agent = if alive {
-            let first = self.agents.poll_status(p).await;
-            match first {
+            match self.agents.poll_status(p).await {
                 Err(crate::error::ProcessorError::Unreachable { .. }) => self.agents.poll_status(p).await,
                 other => other,
             }

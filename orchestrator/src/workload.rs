@@ -149,16 +149,14 @@ async fn run(
         // are read at once (a demoted active's close is seen then).
         let mut next_fill = Instant::now();
         loop {
-            if Instant::now() >= next_fill {
-                // One more in flight, up to the window, unless stopping: a steady load, not a maximal one.
-                if inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
-                    let req = op(&run_id, next_op);
-                    next_op += 1;
-                    h.push(Record::new(t(start), Kind::Send, &req.id, name));
-                    frame_into(&req, &mut out);
-                    inflight.push_back(req);
-                    next_fill = Instant::now() + PACE;
-                }
+            // One more in flight when due, up to the window, unless stopping: a steady load, not a maximal one.
+            if Instant::now() >= next_fill && inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
+                let req = op(&run_id, next_op);
+                next_op += 1;
+                h.push(Record::new(t(start), Kind::Send, &req.id, name));
+                frame_into(&req, &mut out);
+                inflight.push_back(req);
+                next_fill = Instant::now() + PACE;
             }
             if !out.is_empty() {
                 if w.write_all(&out).await.is_err() {

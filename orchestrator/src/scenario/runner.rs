@@ -230,32 +230,27 @@ fn small_disk(run: &Path) -> Result<SmallDisk, String> {
     Ok(SmallDisk(run.to_path_buf()))
 }
 
-/// A private image cache: links to every shared image but `version`'s, which
-/// is copied (the pair boots from it intact; [`spoil`] spoils it once up).
-fn private_copy(cfg: &mut Config, version: &str, dir: &Path) -> Result<PathBuf, Error> {
+/// Where `version`'s image is in a private image cache of links to the shared
+/// one (made once per scenario), so that [`spoil`] can replace it there
+/// without touching the shared cache; the pair boots from the links meanwhile.
+fn private_image(cfg: &mut Config, version: &str, dir: &Path) -> Result<PathBuf, Error> {
+    // Built first if need be, in whichever cache `cfg` names now.
     let image = crate::images::app_image(cfg, version)?;
     let private = dir.join("images");
-    let io = |e: std::io::Error| Error::from(crate::images::ImageError::Io { path: private.clone(), source: e });
-    std::fs::create_dir_all(&private).map_err(io)?;
-    let mut copy = private.clone();
-    for entry in std::fs::read_dir(&cfg.cache_dir).map_err(io)?.flatten() {
-        let (from, to) = (entry.path(), private.join(entry.file_name()));
-        if to.exists() || to.symlink_metadata().is_ok() {
-            continue;
+    if cfg.cache_dir != private {
+        let io = |e: std::io::Error| Error::from(crate::images::ImageError::Io { path: private.clone(), source: e });
+        std::fs::create_dir_all(&private).map_err(io)?;
+        for entry in std::fs::read_dir(&cfg.cache_dir).map_err(io)?.flatten() {
+            std::os::unix::fs::symlink(entry.path(), private.join(entry.file_name())).map_err(io)?;
         }
-        if from == image.path {
-            std::fs::copy(&from, &to).map_err(io)?;
-            copy = to;
-        } else {
-            std::os::unix::fs::symlink(&from, &to).map_err(io)?;
-        }
+        cfg.cache_dir = private.clone();
     }
-    cfg.cache_dir = private;
-    Ok(copy)
+    Ok(private.join(image.path.file_name().unwrap_or_default()))
 }
 
-/// Replace `image` by a truncated copy under the same name: the running
-/// machines keep the intact file they opened, the next reader gets the corrupt one.
+/// Replace `image` (a link) by a truncated copy under the same name: the
+/// running machines keep the intact file they opened, the next reader gets
+/// the corrupt one.
 fn spoil(image: &Path) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::from(crate::images::ImageError::Io { path: image.to_path_buf(), source: e });
     let spoilt = image.with_extension("corrupt");
@@ -295,7 +290,7 @@ async fn attempt(
     let mut copies = Vec::new();
     if place == Where::Qemu {
         for v in &corrupt {
-            copies.push(private_copy(&mut cfg, v, dir)?);
+            copies.push(private_image(&mut cfg, v, dir)?);
         }
     }
     let mut tb = match place {
