@@ -169,9 +169,14 @@ impl Run<'_> {
             ));
             self.tb.stop(old).await;
         }
+        // Counted before the promotion is sent: a cancel may abandon this step while
+        // the new active already serves, and its acks must not look like a second active.
+        self.switches.push((step, t0, t0, self.tb.name(new).to_string()));
         self.tb.set_role(new, Role::Active).await?;
         let t1 = self.now();
-        self.switches.push((step, t0, t1, self.tb.name(new).to_string()));
+        if let Some(s) = self.switches.last_mut() {
+            s.2 = t1;
+        }
         if self.tb.alive(old) {
             self.tb.wait_standby_current(old).await?;
         }
