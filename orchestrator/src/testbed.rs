@@ -465,23 +465,11 @@ impl Testbed {
             // Its role ends as the command is sent: the watch must not take its demotion for a loss.
             self.undesignate(p);
         }
-        // Sent, the command is carried through and recorded even if the caller is
-        // abandoned meanwhile (a cancelled step): the agent may have obeyed, and
-        // the record (never-two-actives reads it) must say so.
-        let (agents, designated, events) = (self.agents.clone(), self.designated.clone(), self.events.clone());
-        let name = self.name(p).to_string();
-        let sent = tokio::spawn(async move {
-            agents.set_role(p, role, epoch).await?;
-            if role == Role::Active {
-                designated.set(Some(p));
-            }
-            events.emit(Event::Role { processor: name, role, epoch });
-            Ok::<(), crate::error::ProcessorError>(())
-        });
-        match sent.await {
-            Ok(r) => r?,
-            Err(e) => return Err(EnvironmentError::Platform(format!("role command to {}: {e}", self.name(p))).into()),
+        self.agents.set_role(p, role, epoch).await?;
+        if role == Role::Active {
+            self.designated.set(Some(p));
         }
+        self.events.emit(Event::Role { processor: self.name(p).into(), role, epoch });
         Ok(epoch)
     }
 
