@@ -83,7 +83,7 @@ async fn one_run(cfg: Config, side: &mut Side, load: Option<&mut Load>, accel: &
             let active = tb.active().await.ok_or_else(|| anyhow::anyhow!("no active processor after the upgrade"))?;
             let f = hitless::load::measure(tb.agents().channel(active), LOAD.0, LOAD.1, LOAD.2).await?;
             load.rate.push(f.per_second());
-            load.simplex += f.simplex + f.refused;
+            load.simplex += f.simplex + f.refused + f.duplicate;
             load.latency.latencies_us.extend(f.latencies_us);
         }
         anyhow::Ok(())

@@ -7,8 +7,12 @@
 use crate::channel::{Channel, ChannelError};
 use hitless_protocol::{frame_into, from_frame, Frames, Operation, WorkReply, WorkRequest, PREAMBLE, WORK_PORT};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Probes started by this process (part of their request ids).
+static PROBES: AtomicU64 = AtomicU64::new(0);
 
 /// What the probe measured.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +23,9 @@ pub struct Figures {
     pub simplex: u64,
     /// Answers other than an ack (rejections, "not active").
     pub refused: u64,
+    /// Acks answered from the de-duplication index (a request id the pair had
+    /// already applied): nothing was replicated for them, so they are not counted.
+    pub duplicate: u64,
     /// Measurement time.
     pub elapsed: Duration,
     /// Send-to-ack time of every acked request, in microseconds, sorted.
@@ -46,6 +53,7 @@ impl Figures {
         self.registered += o.registered;
         self.simplex += o.simplex;
         self.refused += o.refused;
+        self.duplicate += o.duplicate;
         self.latencies_us.extend(o.latencies_us);
     }
 }
@@ -97,10 +105,14 @@ async fn probe(
     limit: impl Fn(Instant) -> Limit,
 ) -> Result<Figures, ChannelError> {
     let start = Instant::now();
+    // Request ids unique to this probe: ids a pair has seen are answered from
+    // its de-duplication index, without replication.
+    let probe = PROBES.fetch_add(1, Ordering::Relaxed);
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
         let stream = ch.connect(WORK_PORT).await?;
-        tasks.spawn(one_connection(stream, format!("load{c}"), window, limit(start)));
+        tasks.spawn(one_connection(stream, format!("load{nonce:x}.{probe}.{c}"), window, limit(start)));
     }
     let mut total = Figures::default();
     while let Some(r) = tasks.join_next().await {
@@ -161,6 +173,7 @@ async fn one_connection(
             let reply: WorkReply = from_frame(frame)?;
             let Some(t) = sent.remove(reply.id()) else { continue };
             match reply {
+                WorkReply::Ack { duplicate: true, .. } => f.duplicate += 1,
                 WorkReply::Ack { registered, .. } => {
                     f.latencies_us.push(t.elapsed().as_micros() as u64);
                     if registered {

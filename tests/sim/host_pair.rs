@@ -132,6 +132,13 @@ async fn the_load_probe_counts_only_acks_the_standby_registered() {
     assert_eq!(seq, f.registered);
     assert_eq!(dump(&b).await, (seq, units));
 
+    // A second probe on the same pair is new work, not answered from the
+    // de-duplication index (its acks would then count without any replication).
+    let again = hitless::load::measure(&a.channel, 2, 8, Duration::from_millis(400)).await.unwrap();
+    assert!(again.registered > 50, "{again:?}");
+    assert_eq!(again.duplicate, 0, "the second probe re-sent the first one's request ids");
+    assert_eq!(dump(&a).await.0, seq + again.registered, "every ack counted is an update the pair applied");
+
     // The standby is not the active: the probe sees refusals, not acks.
     let f = hitless::load::measure(&b.channel, 1, 4, Duration::from_millis(50)).await.unwrap();
     assert_eq!(f.registered + f.simplex, 0);
