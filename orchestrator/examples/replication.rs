@@ -224,6 +224,7 @@ async fn in_process(args: &Args) -> anyhow::Result<()> {
                 dial: (i == 1).then_some(addrs[0].link),
                 build: hitless_agent::build::Build::compiled(),
                 announce: false,
+                warm_up: false,
                 exec: false,
             };
             threads.push(std::thread::Builder::new().name(format!("agent-{name}")).spawn(move || {

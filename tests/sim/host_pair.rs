@@ -35,6 +35,7 @@ fn spawn_pair() -> [HostAgent; 2] {
             dial: (i == 1).then_some(link[0]),
             build: hitless_agent::build::Build::compiled(),
             announce: false,
+            warm_up: false,
             exec: false,
         };
         tokio::spawn(hitless_agent::run(settings));

@@ -255,6 +255,7 @@ impl Machines for SimPair {
             dial: (p == ProcId::SECOND).then(|| self.public[ProcId::FIRST].link),
             build: build.clone(),
             announce: false,
+            warm_up: false,
             exec: false,
         };
         let (stop, stopped) = oneshot::channel();
