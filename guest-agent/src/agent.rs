@@ -86,6 +86,8 @@ pub struct Agent {
     changed: Notify,
     /// Fires when a deliberately crashing build decides to exit.
     crashed: std::sync::Arc<Notify>,
+    /// The warm-up, if armed, starts once the host has had its first answer.
+    warm_up: crate::warm::Armed,
 }
 
 /// What the link reader should do after a message.
@@ -124,7 +126,19 @@ impl Agent {
             }),
             changed: Notify::new(),
             crashed: Default::default(),
+            warm_up: Default::default(),
         }
+    }
+
+    /// Run [`crate::warm::warm_up`] once the host has had its first answer
+    /// (not before: the host times a boot until then).
+    pub fn arm_warm_up(&self) {
+        self.warm_up.arm();
+    }
+
+    /// The host got an answer on the control port.
+    pub fn answered(&self) {
+        self.warm_up.start(&self.build);
     }
 
     /// The build this agent runs.

@@ -39,7 +39,7 @@ pub struct Settings {
     pub announce: bool,
     /// Run commands for `hitless exec`: only a guest's own agent (in-process, they would run on the host).
     pub exec: bool,
-    /// Run both roles' work paths once after start ([`warm::warm_up`]): in a
+    /// Run both roles' work paths once the host has had a first answer ([`warm::warm_up`]): in a
     /// guest under TCG, where the first run of a path costs its translation.
     pub warm_up: bool,
 }
@@ -71,15 +71,7 @@ pub async fn run(s: Settings) -> std::io::Result<Exit> {
         println!("hitless-agent {version} ({}) listening", s.name);
     }
     if s.warm_up {
-        // On its own thread: the host's first requests are answered meanwhile.
-        let build = agent.build().clone();
-        let spawned = std::thread::Builder::new().name("warm-up".into()).spawn(move || {
-            let took = warm::warm_up(&build);
-            tracing::info!("warmed up both roles' work paths in {} ms", took.as_millis());
-        });
-        if let Err(e) = spawned {
-            tracing::warn!("no warm-up: {e}");
-        }
+        agent.arm_warm_up();
     }
     tokio::select! {
         () = service::serve_forever(control, agent.clone(), move |a, st| service::control(a, st, exec)) => unreachable_serve(),

@@ -68,6 +68,7 @@ pub async fn control(agent: Arc<Agent>, stream: Box<dyn Stream>, exec: bool) {
         if w.write_all(&out).await.is_err() {
             return;
         }
+        agent.answered();
     }
 }
 

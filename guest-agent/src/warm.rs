@@ -3,11 +3,11 @@
 //! has never run the active's side of replication (serving work, sending
 //! updates, releasing acks), and an active never the standby's, so the first
 //! work units after a switchover paid for that translation: the first ack came
-//! 15-30 ms after the promotion, 2-3 ms once warm. Before it serves anyone,
-//! the agent runs both roles' paths once in a private pair of agents joined
-//! by an in-memory link, every message through the wire encoding; nothing of
-//! it is visible outside (no sockets, no logs, no state shared with the real
-//! agent).
+//! 15-30 ms after the promotion, 2-3 ms once warm. Once the host has had its
+//! first answer (its boot timing ends there), the agent runs both roles'
+//! paths once in a private pair of agents joined by an in-memory link, every
+//! message through the wire encoding; nothing of it is visible outside (no
+//! sockets, no logs, no state shared with the real agent).
 
 use crate::agent::{Agent, LinkAction, ReplyTx};
 use crate::build::Build;
@@ -15,12 +15,40 @@ use hitless_protocol::{
     decode_link, encode_link_into, frame_into, from_frame, to_line, ControlReply, Frames, LinkMsg, Operation, Role,
     WorkReply, WorkRequest,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// Work units per role: enough to take every branch of the update stream
 /// (open, two updates, close) and of batched registration.
 const UNITS: u64 = 24;
+
+/// A warm-up to start once, on its own thread (the agent's runtime goes on
+/// answering meanwhile).
+#[derive(Debug, Default)]
+pub struct Armed(AtomicBool);
+
+impl Armed {
+    /// Let [`Armed::start`] start it.
+    pub fn arm(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Start it if armed and not started yet.
+    pub fn start(&self, build: &Build) {
+        if !self.0.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let build = build.clone();
+        let spawned = std::thread::Builder::new().name("warm-up".into()).spawn(move || {
+            let took = warm_up(&build);
+            tracing::info!("warmed up both roles' work paths in {} ms", took.as_millis());
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("no warm-up: {e}");
+        }
+    }
+}
 
 /// Run both roles' work paths once; returns how long it took.
 pub fn warm_up(build: &Build) -> Duration {

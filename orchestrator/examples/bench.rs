@@ -6,7 +6,8 @@
 //! per-guest boot-to-agent (every boot: `up` and the reloads), the full
 //! happy-path upgrade wall time and the service gap per switchover. Then, on
 //! the built kernel's upgraded pair, replicated work-unit throughput and ack
-//! latency, and unplanned failover (the active killed). Every figure is
+//! latency, the same on the active alone (its standby out of service: what
+//! replication over the link costs), and unplanned failover (the active killed). Every figure is
 //! printed with its target and its ratio to it.
 
 use hitless::config::{Config, KernelChoice};
@@ -60,6 +61,10 @@ struct Load {
     rate: Vec<f64>,
     latency: hitless::load::Figures,
     simplex: u64,
+    /// The same probe on the active alone (its standby out of service): what
+    /// the link and the standby cost, the explanation of the figures above.
+    alone_rate: Vec<f64>,
+    alone_latency: hitless::load::Figures,
 }
 
 /// One run: `up`, the upgrade to 2.0.0 under the workload, and (with `load`) the probe on the upgraded pair.
@@ -85,6 +90,10 @@ async fn one_run(cfg: Config, side: &mut Side, load: Option<&mut Load>, accel: &
             load.rate.push(f.per_second());
             load.simplex += f.simplex + f.refused + f.duplicate;
             load.latency.latencies_us.extend(f.latencies_us);
+            tb.set_role(active.other(), hitless_protocol::Role::OutOfService).await?;
+            let f = hitless::load::measure(tb.agents().channel(active), LOAD.0, LOAD.1, LOAD.2).await?;
+            load.alone_rate.push(f.simplex as f64 / f.elapsed.as_secs_f64().max(1e-9));
+            load.alone_latency.latencies_us.extend(f.latencies_us);
         }
         anyhow::Ok(())
     }
@@ -176,6 +185,12 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  ack latency (synchronous)      median {p50:.2} ms  p99 {p99:.2} ms   {}", vs(p99, 5.0, false));
     println!("  acks not registered by the standby during the probe: {}", load.simplex);
+    load.alone_latency.latencies_us.sort_unstable();
+    println!(
+        "    the same probe on the active alone (standby out of service): {:.0} acked/s  p99 {:.2} ms",
+        median(&load.alone_rate),
+        load.alone_latency.latency_ms(0.99)
+    );
     println!(
         "  runs with an invariant violated: {} of {runs} (built), {} of {runs} (debian)",
         built.violated, debian.violated

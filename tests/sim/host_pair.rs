@@ -22,6 +22,11 @@ struct HostAgent {
 }
 
 fn spawn_pair() -> [HostAgent; 2] {
+    spawn_pair_warm(false)
+}
+
+/// The pair, its agents warming up after their first answer (as in a guest) with `warm_up`.
+fn spawn_pair_warm(warm_up: bool) -> [HostAgent; 2] {
     let link = [free_addr(), free_addr()];
     let mut out = Vec::new();
     for (i, name) in ["p121", "p122"].into_iter().enumerate() {
@@ -35,7 +40,7 @@ fn spawn_pair() -> [HostAgent; 2] {
             dial: (i == 1).then_some(link[0]),
             build: hitless_agent::build::Build::compiled(),
             announce: false,
-            warm_up: false,
+            warm_up,
             exec: false,
         };
         tokio::spawn(hitless_agent::run(settings));
@@ -144,4 +149,27 @@ async fn the_load_probe_counts_only_acks_the_standby_registered() {
     let f = hitless::load::measure(&b.channel, 1, 4, Duration::from_millis(50)).await.unwrap();
     assert_eq!(f.registered + f.simplex, 0);
     assert!(f.refused > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_shows_nothing_of_its_warm_up_and_serves_as_before() {
+    let [a, b] = spawn_pair_warm(true);
+    // The first answer starts each warm-up (a private pair on its own thread).
+    until("the link", async || status(&b).await.peer.is_some_and(|p| p.connected)).await;
+    status(&a).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in [status(&a).await, status(&b).await] {
+        assert_eq!((s.served, s.units, s.replication.seq, s.errors), (0, 0, 0, 0), "{s:?}");
+        assert_eq!(s.hello.role, Role::OutOfService);
+    }
+    set_role(&a, Role::Active, 1).await;
+    set_role(&b, Role::Standby, 2).await;
+    until("the step-up", async || status(&b).await.replication.synced).await;
+    let f = hitless::load::measure(&a.channel, 2, 8, Duration::from_millis(300)).await.unwrap();
+    assert!(f.registered > 50, "{f:?}");
+    assert_eq!((f.simplex, f.refused, f.duplicate), (0, 0, 0));
+    let (seq, units) = dump(&a).await;
+    assert_eq!(seq, f.registered, "only the probe's work in the database");
+    until("the standby to register the last update", async || dump(&b).await.0 == seq).await;
+    assert_eq!(dump(&b).await, (seq, units));
 }
