@@ -12,9 +12,16 @@ use hitless_protocol::{ControlReply, ControlRequest, Role, Status};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// A free port on `ip`. Each pair has a loopback address of its own, so that
+/// a port another test takes between this probe and the agent's bind cannot
+/// be one of the pair's.
+fn free_addr(ip: std::net::Ipv4Addr) -> SocketAddr {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
 }
+
+/// How long a test waits for what should take milliseconds: a bound for a
+/// hang, not a timing (the suite runs its tests in parallel on two cores).
+const PATIENCE: Duration = Duration::from_secs(20);
 
 struct HostAgent {
     name: String,
@@ -27,10 +34,12 @@ fn spawn_pair() -> [HostAgent; 2] {
 
 /// The pair, its agents warming up after their first answer (as in a guest) with `warm_up`.
 fn spawn_pair_warm(warm_up: bool) -> [HostAgent; 2] {
-    let link = [free_addr(), free_addr()];
+    static PAIRS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+    let ip = std::net::Ipv4Addr::new(127, 0, 77, PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let link = [free_addr(ip), free_addr(ip)];
     let mut out = Vec::new();
     for (i, name) in ["p121", "p122"].into_iter().enumerate() {
-        let (control, work) = (free_addr(), free_addr());
+        let (control, work) = (free_addr(ip), free_addr(ip));
         let settings = Settings {
             name: name.into(),
             control: Endpoint::Tcp(control),
@@ -50,10 +59,10 @@ fn spawn_pair_warm(warm_up: bool) -> [HostAgent; 2] {
 }
 
 async fn request(a: &HostAgent, req: ControlRequest) -> ControlReply {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         if let Ok(mut c) = AgentClient::connect(&a.channel).await {
-            return c.request(&req, Duration::from_secs(5)).await.unwrap();
+            return c.request(&req, PATIENCE).await.unwrap();
         }
         assert!(Instant::now() < deadline, "{} never listened", a.name);
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -72,7 +81,7 @@ async fn set_role(a: &HostAgent, role: Role, epoch: u64) -> ControlReply {
 }
 
 async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + PATIENCE;
     while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
