@@ -154,6 +154,8 @@ impl Pair {
             }
         }
         self.pump();
+        // The replies are encoded as a work connection would send them (the
+        // bytes go nowhere: it is the encoding's code that gets translated).
         let (mut out, mut registered) = (Vec::new(), 0);
         while let Ok(reply) = self.replies.try_recv() {
             registered += u64::from(matches!(reply, WorkReply::Ack { registered: true, .. }));
