@@ -652,6 +652,7 @@ impl Agent {
             served: c.served,
             errors: c.errors,
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            warmed_up_ms: self.warm_up.took_ms(),
         }
     }
 
@@ -745,5 +746,6 @@ impl Agent {
 /// How often an evaluation looks at the standby.
 const EVALUATION_SAMPLE: Duration = Duration::from_millis(20);
 
+pub(crate) mod joined;
 #[cfg(test)]
 mod tests;

@@ -9,84 +9,91 @@
 //! message through the wire encoding; nothing of it is visible outside (no
 //! sockets, no logs, no state shared with the real agent).
 
-use crate::agent::{Agent, LinkAction, ReplyTx};
+use crate::agent::joined::Joined;
+use crate::agent::{Agent, LinkAction};
 use crate::build::Build;
 use hitless_protocol::{
     decode_link, encode_link_into, frame_into, from_frame, to_line, ControlReply, Frames, LinkMsg, Operation, Role,
     WorkReply, WorkRequest,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// Work units per role: enough to take every branch of the update stream
 /// (open, two updates, close) and of batched registration.
 const UNITS: u64 = 24;
 
 /// A warm-up to start once, on its own thread (the agent's runtime goes on
-/// answering meanwhile).
+/// answering meanwhile), and what it took once done.
 #[derive(Debug, Default)]
-pub struct Armed(AtomicBool);
+pub struct Armed {
+    armed: AtomicBool,
+    took_ms: Arc<OnceLock<u64>>,
+}
 
 impl Armed {
     /// Let [`Armed::start`] start it.
     pub fn arm(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.armed.store(true, Ordering::Relaxed);
     }
 
     /// Start it if armed and not started yet.
     pub fn start(&self, build: &Build) {
-        if !self.0.swap(false, Ordering::Relaxed) {
+        if !self.armed.swap(false, Ordering::Relaxed) {
             return;
         }
-        let build = build.clone();
-        let spawned = std::thread::Builder::new().name("warm-up".into()).spawn(move || {
-            let took = warm_up(&build);
-            tracing::info!("warmed up both roles' work paths in {} ms", took.as_millis());
+        let (build, took_ms) = (build.clone(), self.took_ms.clone());
+        let spawned = std::thread::Builder::new().name("warm-up".into()).spawn(move || match warm_up(&build) {
+            Ok(took) => {
+                let _ = took_ms.set(took.as_millis() as u64);
+                tracing::info!("warmed up both roles' work paths in {} ms", took.as_millis());
+            }
+            Err(e) => tracing::warn!("warm-up incomplete: {e}"),
         });
         if let Err(e) = spawned {
             tracing::warn!("no warm-up: {e}");
         }
     }
+
+    /// How long the warm-up took, once it has run and replicated every unit.
+    pub fn took_ms(&self) -> Option<u64> {
+        self.took_ms.get().copied()
+    }
 }
 
-/// Run both roles' work paths once; returns how long it took.
-pub fn warm_up(build: &Build) -> Duration {
+/// Run both roles' work paths once; returns how long it took, or what it
+/// missed (every unit must be acked after registration in both roles).
+pub fn warm_up(build: &Build) -> Result<Duration, String> {
     let start = Instant::now();
     // Nothing here may print, nor crash (a crashing test build's flaw).
-    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+    let acked = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
         let build = Build { flaw: None, ..build.clone() };
         let mut pair = Pair::new(build);
-        pair.serve(0);
+        let first = pair.serve(0);
         pair.switch_over();
-        pair.serve(UNITS);
+        [first, pair.serve(UNITS)]
     });
-    start.elapsed()
+    // Each role acks every unit and the retry of the first.
+    match acked {
+        [a, b] if a == UNITS + 1 && b == UNITS + 1 => Ok(start.elapsed()),
+        [a, b] => Err(format!("{a} and {b} of {} units acked after registration", UNITS + 1)),
+    }
 }
 
 /// Two agents, `a` active first, joined both ways.
 struct Pair {
-    a: Agent,
-    b: Agent,
-    to_b: UnboundedReceiver<LinkMsg>,
-    to_a: UnboundedReceiver<LinkMsg>,
-    replies: UnboundedReceiver<WorkReply>,
-    reply_tx: ReplyTx,
+    j: Joined,
     active_is_a: bool,
 }
 
 impl Pair {
     fn new(build: Build) -> Pair {
-        let (a, b) = (Agent::new("warm-a".into(), build.clone()), Agent::new("warm-b".into(), build));
-        let (ta, to_b) = unbounded_channel();
-        let (tb, to_a) = unbounded_channel();
-        a.link_up(ta);
-        b.link_up(tb);
-        let (reply_tx, replies) = unbounded_channel();
-        let mut p = Pair { a, b, to_b, to_a, replies, reply_tx, active_is_a: true };
+        let j = Joined::new(Agent::new("warm-a".into(), build.clone()), Agent::new("warm-b".into(), build));
+        let mut p = Pair { j, active_is_a: true };
         p.pump();
-        let _ = p.a.set_role(Role::Active, 1);
-        let _ = p.b.set_role(Role::Standby, 2);
+        let _ = p.j.a.set_role(Role::Active, 1);
+        let _ = p.j.b.set_role(Role::Standby, 2);
         p.pump();
         p
     }
@@ -98,8 +105,8 @@ impl Pair {
         loop {
             let mut moved = false;
             for to_b in [true, false] {
-                let (rx, from, to) =
-                    if to_b { (&mut self.to_b, &self.a, &self.b) } else { (&mut self.to_a, &self.b, &self.a) };
+                let j = &mut self.j;
+                let (rx, from, to) = if to_b { (&mut j.to_b, &j.a, &j.b) } else { (&mut j.to_a, &j.b, &j.a) };
                 while let Ok(msg) = rx.try_recv() {
                     moved = true;
                     buf.clear();
@@ -125,9 +132,9 @@ impl Pair {
     /// The active now.
     fn active(&self) -> &Agent {
         if self.active_is_a {
-            &self.a
+            &self.j.a
         } else {
-            &self.b
+            &self.j.b
         }
     }
 
@@ -150,14 +157,14 @@ impl Pair {
         frame_into(&retry, frames.spare());
         while let Ok(Some(frame)) = frames.next_frame() {
             if let Ok(req) = from_frame::<WorkRequest>(frame) {
-                self.active().work(req, &self.reply_tx);
+                self.active().work(req, &self.j.reply_tx);
             }
         }
         self.pump();
         // The replies are encoded as a work connection would send them (the
         // bytes go nowhere: it is the encoding's code that gets translated).
         let (mut out, mut registered) = (Vec::new(), 0);
-        while let Ok(reply) = self.replies.try_recv() {
+        while let Ok(reply) = self.j.replies.try_recv() {
             registered += u64::from(matches!(reply, WorkReply::Ack { registered: true, .. }));
             frame_into(&reply, &mut out);
         }
@@ -168,7 +175,7 @@ impl Pair {
 
     /// The active steps down, the standby becomes active and steps the old one up.
     fn switch_over(&mut self) {
-        let (old, new) = if self.active_is_a { (&self.a, &self.b) } else { (&self.b, &self.a) };
+        let (old, new) = if self.active_is_a { (&self.j.a, &self.j.b) } else { (&self.j.b, &self.j.a) };
         let _ = old.set_role(Role::Standby, 3);
         let _ = new.set_role(Role::Active, 4);
         self.active_is_a = !self.active_is_a;
@@ -189,17 +196,17 @@ mod tests {
         pair.switch_over();
         assert_eq!(pair.serve(UNITS), UNITS + 1);
         // Both took each role, and the last standby holds all the work, registered.
-        let (a, b) = (pair.a.status(), pair.b.status());
+        let (a, b) = (pair.j.a.status(), pair.j.b.status());
         assert_eq!((a.hello.role, b.hello.role), (Role::Standby, Role::Active));
         assert_eq!(b.served, UNITS + 1, "served as active after the switchover (one a retry)");
         assert_eq!(b.replication.registered, Some(2 * UNITS));
-        assert_eq!(pair.a.dump(), pair.b.dump());
+        assert_eq!(pair.j.a.dump(), pair.j.b.dump());
     }
 
     #[test]
     fn a_crashing_build_does_not_crash_in_its_warm_up() {
         // The crash flaw starts a timer when made active; outside a runtime that would panic.
         let build = Build::from_cargo_features(&["crash"]);
-        assert!(warm_up(&build) > Duration::ZERO);
+        assert!(warm_up(&build).is_ok());
     }
 }

@@ -5,8 +5,8 @@
 //! kernel key set here. For each: time from `up` to both agents ready,
 //! per-guest boot-to-agent (every boot: `up` and the reloads), the full
 //! happy-path upgrade wall time and the service gap per switchover. Then, on
-//! the built kernel's upgraded pair, replicated work-unit throughput and ack
-//! latency, the same on the active alone (its standby out of service: what
+//! the built kernel's upgraded pair, ack latency one request at a time,
+//! replicated work-unit throughput and ack latency at that load, the same on the active alone (its standby out of service: what
 //! replication over the link costs), and unplanned failover (the active killed). Every figure is
 //! printed with its target and its ratio to it.
 
@@ -21,6 +21,8 @@ use std::time::Instant;
 const RUNS: usize = 5;
 /// The load probe: connections, requests in flight on each, duration.
 const LOAD: (usize, usize, std::time::Duration) = (4, 32, std::time::Duration::from_secs(2));
+/// The probe with one request in flight, before it: this long.
+const SINGLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -65,6 +67,8 @@ struct Load {
     /// the link and the standby cost, the explanation of the figures above.
     alone_rate: Vec<f64>,
     alone_latency: hitless::load::Figures,
+    /// One request in flight at a time: the work path's own latency, no queueing.
+    single: hitless::load::Figures,
 }
 
 /// One run: `up`, the upgrade to 2.0.0 under the workload, and (with `load`) the probe on the upgraded pair.
@@ -86,6 +90,9 @@ async fn one_run(cfg: Config, side: &mut Side, load: Option<&mut Load>, accel: &
         *accel = tb.platform().accel().map_or("none".into(), |a| a.to_string());
         if let Some(load) = load {
             let active = tb.active().await.ok_or_else(|| anyhow::anyhow!("no active processor after the upgrade"))?;
+            let f = hitless::load::measure(tb.agents().channel(active), 1, 1, SINGLE).await?;
+            load.simplex += f.simplex + f.refused + f.duplicate;
+            load.single.latencies_us.extend(f.latencies_us);
             let f = hitless::load::measure(tb.agents().channel(active), LOAD.0, LOAD.1, LOAD.2).await?;
             load.rate.push(f.per_second());
             load.simplex += f.simplex + f.refused + f.duplicate;
@@ -183,7 +190,14 @@ async fn main() -> anyhow::Result<()> {
         LOAD.1,
         vs(mr, 30000.0, true)
     );
-    println!("  ack latency (synchronous)      median {p50:.2} ms  p99 {p99:.2} ms   {}", vs(p99, 5.0, false));
+    println!("  ack latency at that load       median {p50:.2} ms  p99 {p99:.2} ms   {}", vs(p99, 5.0, false));
+    load.single.latencies_us.sort_unstable();
+    println!(
+        "    one request in flight at a time: median {:.2} ms  p99 {:.2} ms (n={})",
+        load.single.latency_ms(0.5),
+        load.single.latency_ms(0.99),
+        load.single.latencies_us.len()
+    );
     println!("  acks not registered by the standby during the probe: {}", load.simplex);
     load.alone_latency.latencies_us.sort_unstable();
     println!(

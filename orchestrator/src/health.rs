@@ -132,6 +132,7 @@ mod tests {
             served: 0,
             errors: 0,
             uptime_ms: 0,
+            warmed_up_ms: None,
         }
     }
 

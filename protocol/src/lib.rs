@@ -493,6 +493,11 @@ pub struct Status {
     pub errors: u64,
     /// Milliseconds since the agent started.
     pub uptime_ms: u64,
+    /// How long the agent's warm-up of both roles' work paths took, once it
+    /// has run and replicated every unit it tried (none when not armed — only
+    /// guests warm up — or not finished; older agents never say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmed_up_ms: Option<u64>,
 }
 
 /// The verdict of an evaluation request.

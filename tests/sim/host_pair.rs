@@ -126,6 +126,9 @@ async fn switchover_under_load_loses_nothing_and_stale_epochs_are_refused() {
     // Synchronous replication: the standby holds exactly what the active has.
     until("the standby to register the last update", async || dump(&a).await.0 == seq_b).await;
     assert_eq!(dump(&a).await.1, units_b);
+    // Agents not armed to warm up (only guests are) never say they did: what
+    // the warm-up test waits for is the warm-up's own report.
+    assert_eq!((status(&a).await.warmed_up_ms, status(&b).await.warmed_up_ms), (None, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,10 +166,11 @@ async fn the_load_probe_counts_only_acks_the_standby_registered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_shows_nothing_of_its_warm_up_and_serves_as_before() {
     let [a, b] = spawn_pair_warm(true);
-    // The first answer starts each warm-up (a private pair on its own thread).
+    // The first answer starts each warm-up (a private pair on its own thread);
+    // each agent says when it has run, and replicated every unit it tried.
     until("the link", async || status(&b).await.peer.is_some_and(|p| p.connected)).await;
-    status(&a).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("both warm-ups", async || status(&a).await.warmed_up_ms.is_some() && status(&b).await.warmed_up_ms.is_some())
+        .await;
     for s in [status(&a).await, status(&b).await] {
         assert_eq!((s.served, s.units, s.replication.seq, s.errors), (0, 0, 0, 0), "{s:?}");
         assert_eq!(s.hello.role, Role::OutOfService);

@@ -40,6 +40,14 @@ async fn pair_boots_sees_itself_and_goes_down_clean() {
     let standby = st[ProcId::SECOND].agent.as_ref().unwrap();
     assert!(standby.replication.synced);
     assert_eq!(standby.replication.stepups, 1);
+    // Each guest's agent warms both roles' work paths up after its first answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in ProcId::BOTH {
+        while tb.agents().status(p).await.unwrap().warmed_up_ms.is_none() {
+            assert!(Instant::now() < deadline, "{} never said it warmed up", tb.name(p));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     // Re-attach as a later command would.
     let again = Testbed::attach(guard.run.clone(), Events::new(), Access::Observe).unwrap();

@@ -4,7 +4,7 @@
 
 use super::*;
 use hitless_protocol::{Operation, WorkReply, WorkRequest};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::unbounded_channel;
 
 fn v1() -> Build {
     let none: [&str; 0] = [];
@@ -13,27 +13,28 @@ fn v1() -> Build {
 
 /// p121 (will be active) and p122 (will be standby), linked both ways.
 struct Wire {
-    a: Agent,
-    b: Agent,
-    to_b: UnboundedReceiver<LinkMsg>,
-    to_a: UnboundedReceiver<LinkMsg>,
-    replies: UnboundedReceiver<WorkReply>,
-    reply_tx: ReplyTx,
-    /// The active's end of the link.
-    a_conn: u64,
+    j: joined::Joined,
     /// Everything delivered to p121.
     to_a_log: Vec<LinkMsg>,
 }
 
+impl std::ops::Deref for Wire {
+    type Target = joined::Joined;
+    fn deref(&self) -> &joined::Joined {
+        &self.j
+    }
+}
+
+impl std::ops::DerefMut for Wire {
+    fn deref_mut(&mut self) -> &mut joined::Joined {
+        &mut self.j
+    }
+}
+
 impl Wire {
     fn new() -> Wire {
-        let (a, b) = (Agent::new("p121".into(), v1()), Agent::new("p122".into(), v1()));
-        let (ta, to_b) = unbounded_channel();
-        let (tb, to_a) = unbounded_channel();
-        let a_conn = a.link_up(ta);
-        b.link_up(tb);
-        let (reply_tx, replies) = unbounded_channel();
-        let mut w = Wire { a, b, to_b, to_a, replies, reply_tx, a_conn, to_a_log: Vec::new() };
+        let j = joined::Joined::new(Agent::new("p121".into(), v1()), Agent::new("p122".into(), v1()));
+        let mut w = Wire { j, to_a_log: Vec::new() };
         w.pump(|_| false);
         w
     }
