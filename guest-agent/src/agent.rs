@@ -72,6 +72,9 @@ struct Core {
     synced: bool,
     standby_generation: u64,
     stepups: u64,
+    /// This processor stepped down from active and has not seen an active
+    /// since: in a switchover it is the one clients should leave.
+    stepped_down: bool,
     served: u64,
     errors: u64,
 }
@@ -121,6 +124,7 @@ impl Agent {
                 synced: false,
                 standby_generation: 0,
                 stepups: 0,
+                stepped_down: false,
                 served: 0,
                 errors: 0,
             }),
@@ -299,6 +303,7 @@ impl Agent {
         if from != to {
             tracing::info!(epoch, "role {from} -> {to}");
             c.role = to;
+            c.stepped_down = from == Role::Active;
             match to {
                 Role::Active => {
                     c.standby_attached = false;
@@ -344,6 +349,25 @@ impl Agent {
     /// Wait (bounded) until the peer has said hello on a live link; false on timeout.
     pub async fn wait_peer(&self, timeout: Duration) -> bool {
         self.wait_for(timeout, |c| c.peer.as_ref().is_some_and(|p| p.hello.is_some())).await
+    }
+
+    /// Mid-switchover — this processor standby, its peer on the link and standby
+    /// too, having stepped down from active: this one is about to be promoted.
+    /// A work request that arrives then waits (up to `bound`) for that outcome:
+    /// answered "not active" at once, the client would go back to the one that
+    /// stepped down, and return, each time on a new connection. The one that
+    /// stepped down answers at once (the client should leave it). False at
+    /// once outside a switchover.
+    pub async fn await_switchover(&self, bound: Duration) -> bool {
+        let switching = |c: &Core| {
+            c.role == Role::Standby
+                && !c.stepped_down
+                && c.peer.as_ref().and_then(|p| p.hello.as_ref()).is_some_and(|h| h.role == Role::Standby)
+        };
+        if !switching(&self.lock()) {
+            return false;
+        }
+        self.wait_for(bound, |c| !switching(c)).await
     }
 
     /// After a demotion from active: wait (bounded) until the standby registered everything in flight.
@@ -530,9 +554,14 @@ impl Agent {
                 }
                 let peer_role = h.role;
                 c.last_peer = Some(h.clone());
+                if peer_role == Role::Active {
+                    c.stepped_down = false;
+                }
                 if let Some(p) = c.peer.as_mut() {
                     p.hello = Some(h);
                 }
+                // Waiters on the peer (a standby command, a held work request) re-check.
+                self.changed.notify_waiters();
                 if c.role == Role::Active {
                     if peer_role == Role::Standby {
                         self.step_up(&mut c, true);

@@ -15,6 +15,12 @@ use tokio::sync::mpsc;
 
 /// How long a standby command waits for the peer's hello.
 const PEER_WAIT: Duration = Duration::from_secs(5);
+/// How long a work request waits for a switchover in progress to end (see
+/// `Agent::await_switchover`): the orchestrator promotes the new active a few
+/// milliseconds after the old one stepped down (tens under TCG load); a
+/// switchover that never completes (the orchestrator died between the two
+/// commands) costs each request this much before "not active".
+const SWITCHOVER_HOLD: Duration = Duration::from_millis(100);
 
 /// Accept connections on `listener` forever, serving each with `serve`.
 pub async fn serve_forever<F, Fut>(listener: Listener, agent: Arc<Agent>, serve: F)
@@ -160,6 +166,7 @@ pub async fn work(agent: Arc<Agent>, stream: Box<dyn Stream>) {
             };
             match req {
                 Ok(req) => {
+                    agent.await_switchover(SWITCHOVER_HOLD).await;
                     if !agent.work(req, &tx) {
                         // Not active: read nothing more here; the client resends elsewhere, in order.
                         break 'read;

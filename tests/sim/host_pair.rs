@@ -8,7 +8,10 @@ use hitless::channel::{AgentClient, Channel};
 use hitless::invariants;
 use hitless::workload::Workload;
 use hitless_agent::{transport::Endpoint, Settings};
-use hitless_protocol::{ControlReply, ControlRequest, Role, Status};
+use hitless_protocol::{
+    frame_into, from_frame, ControlReply, ControlRequest, Frames, Operation, Role, Status, WorkReply, WorkRequest,
+    PREAMBLE, WORK_PORT,
+};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,16 @@ struct HostAgent {
 
 fn spawn_pair() -> [HostAgent; 2] {
     spawn_pair_warm(false)
+}
+
+/// The pair, p121 active (epoch 1) and p122 its standby (epoch 2), stepped up.
+async fn spawn_paired() -> [HostAgent; 2] {
+    let [a, b] = spawn_pair();
+    until("the link", async || status(&b).await.peer.is_some_and(|p| p.connected)).await;
+    set_role(&a, Role::Active, 1).await;
+    set_role(&b, Role::Standby, 2).await;
+    until("the step-up", async || status(&b).await.replication.synced).await;
+    [a, b]
 }
 
 /// The pair, its agents warming up after their first answer (as in a guest) with `warm_up`.
@@ -133,11 +146,7 @@ async fn switchover_under_load_loses_nothing_and_stale_epochs_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_probe_counts_only_acks_the_standby_registered() {
-    let [a, b] = spawn_pair();
-    until("the link", async || status(&b).await.peer.is_some_and(|p| p.connected)).await;
-    set_role(&a, Role::Active, 1).await;
-    set_role(&b, Role::Standby, 2).await;
-    until("the step-up", async || status(&b).await.replication.synced).await;
+    let [a, b] = spawn_paired().await;
 
     let f = hitless::load::measure(&a.channel, 2, 8, Duration::from_millis(400)).await.unwrap();
     assert!(f.registered > 50, "{f:?}");
@@ -185,4 +194,61 @@ async fn an_agent_shows_nothing_of_its_warm_up_and_serves_as_before() {
     assert_eq!(seq, f.registered, "only the probe's work in the database");
     until("the standby to register the last update", async || dump(&b).await.0 == seq).await;
     assert_eq!(dump(&b).await, (seq, units));
+}
+
+/// Send one work request on a new work connection; its reply and how long it took.
+async fn work_once(a: &HostAgent, id: &str) -> (WorkReply, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = a.channel.connect(WORK_PORT).await.unwrap();
+    let mut out = PREAMBLE.to_vec();
+    let req =
+        WorkRequest { id: id.into(), op: Operation::Open { unit: format!("{id}-u"), fields: Default::default() } };
+    frame_into(&req, &mut out);
+    let sent = Instant::now();
+    s.write_all(&out).await.unwrap();
+    let mut frames = Frames::new();
+    loop {
+        if let Some(frame) = frames.next_frame().unwrap() {
+            return (from_frame(frame).unwrap(), sent.elapsed());
+        }
+        let n = tokio::time::timeout(PATIENCE, s.read_buf(frames.spare())).await.unwrap().unwrap();
+        assert!(n > 0, "{} closed the work connection without an answer", a.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_mid_switchover_waits_for_the_promotion_and_only_so_long() {
+    let [a, b] = spawn_paired().await;
+
+    // The active steps down; before the other is promoted, a client comes to it.
+    set_role(&a, Role::Standby, 3).await;
+    until("b to see a step down", async || status(&b).await.peer.is_some_and(|p| p.hello.role == Role::Standby)).await;
+    // The one that stepped down sends the client away at once (not held: the
+    // hold is 100 ms; here a reply takes well under a millisecond)...
+    let (reply, took) = work_once(&a, "at-the-old-active").await;
+    assert!(matches!(&reply, WorkReply::NotActive { active: None, .. }), "{reply:?}");
+    assert!(took < Duration::from_millis(90), "the processor that stepped down held the request {took:?}");
+    // ...and the other, about to be promoted, holds it.
+    let held = tokio::spawn({
+        let b = HostAgent { name: b.name.clone(), channel: b.channel.clone() };
+        async move { work_once(&b, "mid-switchover").await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    set_role(&b, Role::Active, 4).await;
+    // Served by the new active, not sent away to the one that stepped down.
+    let (reply, _) = held.await.unwrap();
+    assert!(matches!(&reply, WorkReply::Ack { duplicate: false, .. }), "{reply:?}");
+
+    // A switchover that never completes (both standby): "not active" after the hold, no longer.
+    set_role(&b, Role::Standby, 5).await;
+    until("a to see b step down", async || status(&a).await.peer.is_some_and(|p| p.hello.role == Role::Standby)).await;
+    let (reply, took) = work_once(&a, "no-active").await;
+    assert!(matches!(&reply, WorkReply::NotActive { active: None, .. }), "{reply:?}");
+    assert!(took >= Duration::from_millis(90), "answered after {took:?}: it did not wait for the switchover");
+
+    // Outside a switchover a standby answers at once, naming the active.
+    set_role(&a, Role::Active, 6).await;
+    until("b to see a active", async || status(&b).await.peer.is_some_and(|p| p.hello.role == Role::Active)).await;
+    let (reply, _) = work_once(&b, "to-the-active").await;
+    assert!(matches!(&reply, WorkReply::NotActive { active: Some(n), .. } if *n == a.name), "{reply:?}");
 }
