@@ -22,6 +22,12 @@ pub type LinkTx = mpsc::UnboundedSender<LinkMsg>;
 
 /// How long a demoted active waits for its standby to register in-flight updates.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a work request waits for a switchover in progress to end, by
+/// default ([`Agent::await_switchover`]): the orchestrator promotes the new
+/// active a few milliseconds after the old one stepped down (tens under TCG
+/// load); a switchover that never completes (the orchestrator died between
+/// the two commands) costs each connection this much before "not active".
+pub const SWITCHOVER_HOLD: Duration = Duration::from_millis(100);
 
 /// A work unit applied but not yet acknowledged: waits for the standby.
 struct Pending {
@@ -72,9 +78,6 @@ struct Core {
     synced: bool,
     standby_generation: u64,
     stepups: u64,
-    /// This processor stepped down from active and has not seen an active
-    /// since: in a switchover it is the one clients should leave.
-    stepped_down: bool,
     served: u64,
     errors: u64,
 }
@@ -91,6 +94,19 @@ pub struct Agent {
     crashed: std::sync::Arc<Notify>,
     /// The warm-up, if armed, starts once the host has had its first answer.
     warm_up: crate::warm::Armed,
+    /// How long a work request waits mid-switchover ([`Served::Hold`]).
+    switchover_hold: Duration,
+}
+
+/// What became of a work request ([`Agent::work_or_hold`]).
+#[derive(Debug)]
+pub enum Served {
+    /// Served as the active (answered, or to be once registered).
+    Yes,
+    /// Answered "not active": read nothing more on that connection.
+    NotActive,
+    /// Not answered: this processor is about to be promoted ([`Agent::await_switchover`]).
+    Hold(WorkRequest),
 }
 
 /// What the link reader should do after a message.
@@ -124,13 +140,13 @@ impl Agent {
                 synced: false,
                 standby_generation: 0,
                 stepups: 0,
-                stepped_down: false,
                 served: 0,
                 errors: 0,
             }),
             changed: Notify::new(),
             crashed: Default::default(),
             warm_up: Default::default(),
+            switchover_hold: SWITCHOVER_HOLD,
         }
     }
 
@@ -303,7 +319,6 @@ impl Agent {
         if from != to {
             tracing::info!(epoch, "role {from} -> {to}");
             c.role = to;
-            c.stepped_down = from == Role::Active;
             match to {
                 Role::Active => {
                     c.standby_attached = false;
@@ -351,23 +366,36 @@ impl Agent {
         self.wait_for(timeout, |c| c.peer.as_ref().is_some_and(|p| p.hello.is_some())).await
     }
 
-    /// Mid-switchover — this processor standby, its peer on the link and standby
-    /// too, having stepped down from active: this one is about to be promoted.
-    /// A work request that arrives then waits (up to `bound`) for that outcome:
-    /// answered "not active" at once, the client would go back to the one that
-    /// stepped down, and return, each time on a new connection. The one that
-    /// stepped down answers at once (the client should leave it). False at
-    /// once outside a switchover.
+    /// Mid-switchover, is this the processor about to be promoted? It is a
+    /// current standby, and its peer on the link a standby too at a newer
+    /// epoch: the active has just stepped down (the last standby command went
+    /// to the peer), and only a current standby may be promoted. The rule needs
+    /// no state of its own and holds in a fallback too, where the one left
+    /// behind gets a newer standby command.
+    fn about_to_be_promoted(c: &Core) -> bool {
+        c.role == Role::Standby
+            && c.synced
+            && c.peer
+                .as_ref()
+                .and_then(|p| p.hello.as_ref())
+                .is_some_and(|h| h.role == Role::Standby && h.epoch > c.epoch)
+    }
+
+    /// Wait (up to `bound`) until this processor is no longer about to be
+    /// promoted: promoted, or told otherwise. True unless the bound passed.
     pub async fn await_switchover(&self, bound: Duration) -> bool {
-        let switching = |c: &Core| {
-            c.role == Role::Standby
-                && !c.stepped_down
-                && c.peer.as_ref().and_then(|p| p.hello.as_ref()).is_some_and(|h| h.role == Role::Standby)
-        };
-        if !switching(&self.lock()) {
-            return false;
-        }
-        self.wait_for(bound, |c| !switching(c)).await
+        self.wait_for(bound, |c| !Self::about_to_be_promoted(c)).await
+    }
+
+    /// How long a work request held mid-switchover waits ([`Served::Hold`]).
+    pub fn switchover_hold(&self) -> Duration {
+        self.switchover_hold
+    }
+
+    /// This agent, holding work requests mid-switchover up to `hold`.
+    pub fn with_switchover_hold(mut self, hold: Duration) -> Self {
+        self.switchover_hold = hold;
+        self
     }
 
     /// After a demotion from active: wait (bounded) until the standby registered everything in flight.
@@ -431,8 +459,25 @@ impl Agent {
     /// update of a unit whose open was just refused) is applied should this
     /// processor become active again.
     pub fn work(&self, req: WorkRequest, tx: &ReplyTx) -> bool {
+        matches!(self.serve(req, tx, false), Served::Yes)
+    }
+
+    /// [`Agent::work`], except at the processor about to be promoted
+    /// mid-switchover: there the request comes back unanswered
+    /// ([`Served::Hold`]), to be given to `work` after
+    /// [`Agent::await_switchover`]. Answered "not active" at once, its client
+    /// would go to the processor that just stepped down, and come back, each
+    /// time on a new connection.
+    pub fn work_or_hold(&self, req: WorkRequest, tx: &ReplyTx) -> Served {
+        self.serve(req, tx, true)
+    }
+
+    fn serve(&self, req: WorkRequest, tx: &ReplyTx, may_hold: bool) -> Served {
         let mut c = self.lock();
         if c.role != Role::Active {
+            if may_hold && Self::about_to_be_promoted(&c) {
+                return Served::Hold(req);
+            }
             let active = c
                 .peer
                 .as_ref()
@@ -440,7 +485,7 @@ impl Agent {
                 .filter(|h| h.role == Role::Active)
                 .map(|h| h.name.clone());
             let _ = tx.send(WorkReply::NotActive { id: req.id, role: c.role, active });
-            return false;
+            return Served::NotActive;
         }
         let (seq, duplicate) = match c.db.applied(&req.id) {
             Some(seq) => (seq, true),
@@ -449,13 +494,13 @@ impl Agent {
                     if !c.enabled.contains(f) {
                         let _ = tx
                             .send(WorkReply::Rejected { id: req.id, reason: format!("feature `{f}` is not enabled") });
-                        return true;
+                        return Served::Yes;
                     }
                 }
                 let seq = c.seq + 1;
                 if let Err(e) = c.db.apply(&req, seq) {
                     let _ = tx.send(WorkReply::Rejected { id: req.id, reason: e.to_string() });
-                    return true;
+                    return Served::Yes;
                 }
                 c.seq = seq;
                 (seq, false)
@@ -482,7 +527,7 @@ impl Agent {
         } else {
             let _ = tx.send(WorkReply::Ack { id, seq, registered: c.standby_attached, duplicate });
         }
-        true
+        Served::Yes
     }
 
     /// A link connection came up; `tx` reaches the peer. Returns the connection id.
@@ -496,6 +541,7 @@ impl Agent {
         }
         c.peer = Some(Peer { conn, tx, hello: None, heard: Instant::now() });
         self.announce(&mut c);
+        self.changed.notify_waiters();
         conn
     }
 
@@ -554,14 +600,9 @@ impl Agent {
                 }
                 let peer_role = h.role;
                 c.last_peer = Some(h.clone());
-                if peer_role == Role::Active {
-                    c.stepped_down = false;
-                }
                 if let Some(p) = c.peer.as_mut() {
                     p.hello = Some(h);
                 }
-                // Waiters on the peer (a standby command, a held work request) re-check.
-                self.changed.notify_waiters();
                 if c.role == Role::Active {
                     if peer_role == Role::Standby {
                         self.step_up(&mut c, true);

@@ -42,6 +42,9 @@ pub struct Settings {
     /// Run both roles' work paths once the host has had a first answer ([`warm::warm_up`]): in a
     /// guest under TCG, where the first run of a path costs its translation.
     pub warm_up: bool,
+    /// How long a work request waits mid-switchover at the processor about to
+    /// be promoted ([`agent::SWITCHOVER_HOLD`] in a guest).
+    pub switchover_hold: std::time::Duration,
 }
 
 /// How [`run`] ended.
@@ -57,7 +60,7 @@ pub enum Exit {
 pub async fn run(s: Settings) -> std::io::Result<Exit> {
     let version = s.build.version.clone();
     let exec = s.exec;
-    let agent = Arc::new(agent::Agent::new(s.name.clone(), s.build));
+    let agent = Arc::new(agent::Agent::new(s.name.clone(), s.build).with_switchover_hold(s.switchover_hold));
     let control = Listener::bind(&s.control).await?;
     let work = Listener::bind(&s.work).await?;
     let link = tokio::net::TcpListener::bind(s.link_listen).await?;

@@ -64,6 +64,7 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
         // Only in a guest: a host-mode agent would run the commands on the host.
         exec: a.from_cmdline,
         warm_up: a.from_cmdline,
+        switchover_hold: hitless_agent::agent::SWITCHOVER_HOLD,
     };
     Ok((s, log))
 }

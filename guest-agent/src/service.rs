@@ -2,7 +2,7 @@
 //! per request, in order) and the work port (pipelined work-unit requests,
 //! replies keyed by request id, possibly out of order).
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Served};
 use crate::transport::{Listener, Stream};
 use hitless_protocol::{
     check_preamble, frame_into, from_frame, from_line, to_line, ControlReply, ControlRequest, Frames, Role, WorkReply,
@@ -15,12 +15,6 @@ use tokio::sync::mpsc;
 
 /// How long a standby command waits for the peer's hello.
 const PEER_WAIT: Duration = Duration::from_secs(5);
-/// How long a work request waits for a switchover in progress to end (see
-/// `Agent::await_switchover`): the orchestrator promotes the new active a few
-/// milliseconds after the old one stepped down (tens under TCG load); a
-/// switchover that never completes (the orchestrator died between the two
-/// commands) costs each request this much before "not active".
-const SWITCHOVER_HOLD: Duration = Duration::from_millis(100);
 
 /// Accept connections on `listener` forever, serving each with `serve`.
 pub async fn serve_forever<F, Fut>(listener: Listener, agent: Arc<Agent>, serve: F)
@@ -166,8 +160,14 @@ pub async fn work(agent: Arc<Agent>, stream: Box<dyn Stream>) {
             };
             match req {
                 Ok(req) => {
-                    agent.await_switchover(SWITCHOVER_HOLD).await;
-                    if !agent.work(req, &tx) {
+                    let served = match agent.work_or_hold(req, &tx) {
+                        Served::Hold(req) => {
+                            agent.await_switchover(agent.switchover_hold()).await;
+                            agent.work(req, &tx)
+                        }
+                        served => matches!(served, Served::Yes),
+                    };
+                    if !served {
                         // Not active: read nothing more here; the client resends elsewhere, in order.
                         break 'read;
                     }

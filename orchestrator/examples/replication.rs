@@ -225,6 +225,7 @@ async fn in_process(args: &Args) -> anyhow::Result<()> {
                 build: hitless_agent::build::Build::compiled(),
                 announce: false,
                 warm_up: false,
+                switchover_hold: hitless_agent::agent::SWITCHOVER_HOLD,
                 exec: false,
             };
             threads.push(std::thread::Builder::new().name(format!("agent-{name}")).spawn(move || {

@@ -283,3 +283,44 @@ fn a_standby_whose_state_differs_at_the_same_seq_gets_everything() {
     assert!(w.a.status().replication.synced);
     assert!(w.same_state());
 }
+
+/// Whether `agent` holds a new work request (it is about to be promoted).
+fn holds(agent: &Agent, tx: &ReplyTx, id: &str) -> bool {
+    let req = WorkRequest { id: id.into(), op: Operation::Open { unit: id.into(), fields: Default::default() } };
+    matches!(agent.work_or_hold(req, tx), Served::Hold(_))
+}
+
+#[test]
+fn mid_switchover_only_the_current_standby_about_to_be_promoted_holds_work() {
+    let mut w = Wire::paired();
+    // Steady pair: the standby sends clients to the active at once.
+    assert!(!holds(&w.b, &w.reply_tx, "w1"));
+    // p121 steps down (epoch 3): p122 (epoch 2, current) is next; p121 is the one to leave.
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.pump(|_| false);
+    assert!(holds(&w.b, &w.reply_tx, "w2"));
+    assert!(!holds(&w.a, &w.reply_tx, "w3"));
+    // Fallback before any promotion: p122 is told standby again (epoch 4), p121 is next.
+    w.b.set_role(Role::Standby, 4).unwrap();
+    w.pump(|_| false);
+    assert!(holds(&w.a, &w.reply_tx, "w4"));
+    assert!(!holds(&w.b, &w.reply_tx, "w5"));
+    // Promoted: served, not held.
+    w.a.set_role(Role::Active, 5).unwrap();
+    w.pump(|_| false);
+    assert!(matches!(
+        w.a.work_or_hold(WorkRequest { id: "w6".into(), op: Operation::Close { unit: "w6".into() } }, &w.reply_tx),
+        Served::Yes
+    ));
+}
+
+#[test]
+fn a_standby_that_cannot_be_promoted_does_not_hold_work() {
+    // Both standby, never stepped up by an active: neither is current, so neither may be promoted.
+    let mut w = Wire::new();
+    w.a.set_role(Role::Standby, 1).unwrap();
+    w.b.set_role(Role::Standby, 2).unwrap();
+    w.pump(|_| false);
+    assert!(!holds(&w.a, &w.reply_tx, "w1"));
+    assert!(!holds(&w.b, &w.reply_tx, "w2"));
+}

@@ -256,6 +256,7 @@ impl Machines for SimPair {
             build: build.clone(),
             announce: false,
             warm_up: false,
+            switchover_hold: hitless_agent::agent::SWITCHOVER_HOLD,
             exec: false,
         };
         let (stop, stopped) = oneshot::channel();
