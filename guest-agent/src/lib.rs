@@ -45,6 +45,9 @@ pub struct Settings {
     /// How long a work request waits mid-switchover at the processor about to
     /// be promoted ([`agent::SWITCHOVER_HOLD`] in a guest).
     pub switchover_hold: std::time::Duration,
+    /// Request ids to size the database for up front ([`agent::GUEST_DB_CAPACITY`]
+    /// in a guest; 0 in-process, where many agents run at once).
+    pub db_capacity: usize,
 }
 
 /// How [`run`] ended.
@@ -60,7 +63,11 @@ pub enum Exit {
 pub async fn run(s: Settings) -> std::io::Result<Exit> {
     let version = s.build.version.clone();
     let exec = s.exec;
-    let agent = Arc::new(agent::Agent::new(s.name.clone(), s.build).with_switchover_hold(s.switchover_hold));
+    let agent = Arc::new(
+        agent::Agent::new(s.name.clone(), s.build)
+            .with_switchover_hold(s.switchover_hold)
+            .with_db_capacity(s.db_capacity),
+    );
     let control = Listener::bind(&s.control).await?;
     let work = Listener::bind(&s.work).await?;
     let link = tokio::net::TcpListener::bind(s.link_listen).await?;

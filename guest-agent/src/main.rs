@@ -65,6 +65,7 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
         exec: a.from_cmdline,
         warm_up: a.from_cmdline,
         switchover_hold: hitless_agent::agent::SWITCHOVER_HOLD,
+        db_capacity: hitless_agent::agent::GUEST_DB_CAPACITY,
     };
     Ok((s, log))
 }

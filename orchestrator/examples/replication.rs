@@ -226,6 +226,7 @@ async fn in_process(args: &Args) -> anyhow::Result<()> {
                 announce: false,
                 warm_up: false,
                 switchover_hold: hitless_agent::agent::SWITCHOVER_HOLD,
+                db_capacity: 0,
                 exec: false,
             };
             threads.push(std::thread::Builder::new().name(format!("agent-{name}")).spawn(move || {

@@ -70,6 +70,7 @@ fn spawn_pair_warm(warm_up: bool) -> [HostAgent; 2] {
             warm_up,
             exec: false,
             switchover_hold: HOLD,
+            db_capacity: 0,
         };
         tokio::spawn(hitless_agent::run(settings));
         out.push(HostAgent { name: name.into(), channel: Channel::Tcp { control, work } });

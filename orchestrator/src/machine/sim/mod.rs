@@ -257,6 +257,7 @@ impl Machines for SimPair {
             announce: false,
             warm_up: false,
             switchover_hold: hitless_agent::agent::SWITCHOVER_HOLD,
+            db_capacity: 0,
             exec: false,
         };
         let (stop, stopped) = oneshot::channel();
