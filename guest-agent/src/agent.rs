@@ -270,7 +270,9 @@ impl Agent {
     }
 
     fn detach_standby(c: &mut Core) {
-        if c.standby_attached {
+        // A demoted active keeps its standby until the new active steps it up
+        // (its flush needs the registrations): no "simplex" to report then.
+        if c.standby_attached && c.role == Role::Active {
             tracing::info!("standby detached; running simplex");
         }
         c.standby_attached = false;
