@@ -104,6 +104,10 @@ impl RunDir {
     pub fn overlay(&self, p: &str, boot: u32, version: &str) -> PathBuf {
         self.f(p, &format!("app-{boot}-{version}.qcow2"))
     }
+    /// The link's frames during one boot of a processor, as pcap (`HITLESS_LINK_PCAP=1`).
+    pub fn link_capture(&self, p: &str, boot: u32) -> PathBuf {
+        self.f(p, &format!("link-{boot}.pcap"))
+    }
     /// State file.
     pub fn state_file(&self) -> PathBuf {
         self.root.join("state.json")

@@ -96,6 +96,8 @@ pub struct MachineSpec<'a> {
     pub dial: bool,
     /// The agent's log filter (`HITLESS_AGENT_LOG` on the host), if any.
     pub agent_log: Option<&'a str>,
+    /// Where QEMU writes every frame on the link as pcap (`HITLESS_LINK_PCAP=1`), if anywhere.
+    pub link_capture: Option<&'a Path>,
     /// vsock device.
     pub vsock: &'a VsockDevice,
 }
@@ -207,7 +209,11 @@ pub const LINK_NIC: &str = "link-nic";
 pub fn link_args(m: &MachineSpec) -> Vec<String> {
     // A PCI NIC would load an option ROM nobody needs.
     let romfile = if m.machine == MachineType::Q35 { ",romfile=" } else { "" };
-    vec![
+    let capture = m.link_capture.map(|f| {
+        // Both directions as QEMU's network layer sees them (frames up to 64 KiB).
+        ["-object".to_string(), format!("filter-dump,id=link-dump,netdev={LINK_NETDEV},file={}", s(f))]
+    });
+    let mut v = vec![
         "-netdev".into(),
         format!(
             "dgram,id={LINK_NETDEV},local.type=unix,local.path={},remote.type=unix,remote.path={}",
@@ -220,7 +226,9 @@ pub fn link_args(m: &MachineSpec) -> Vec<String> {
             m.machine.virtio("virtio-net"),
             m.processor.mac
         ),
-    ]
+    ];
+    v.extend(capture.into_iter().flatten());
+    v
 }
 
 /// The vsock device.
@@ -271,6 +279,7 @@ mod tests {
             peer_addr: "fe80::5054:ff:fe00:121",
             dial: true,
             agent_log: None,
+            link_capture: None,
             vsock: &vs,
         };
         argv(&m).join("\n").replace(&format!("-bios\n{QBOOT}\n"), "")
@@ -310,9 +319,13 @@ mod tests {
                 peer_addr: "fe80::1",
                 dial: false,
                 agent_log: None,
+                link_capture: (machine == MachineType::Microvm).then_some(Path::new("/run/p122/link-1.pcap")),
                 vsock: &vs,
             };
             let a = argv(&m);
+            // The link capture is there when asked for, and only then.
+            let dump = "filter-dump,id=link-dump,netdev=link,file=/run/p122/link-1.pcap".to_string();
+            assert_eq!(a.contains(&dump), machine == MachineType::Microvm, "{a:?}");
             let (name, vsock) = match machine {
                 MachineType::Q35 => ("q35", "vhost-vsock-pci,guest-cid=4"),
                 MachineType::Microvm => ("microvm", "vhost-vsock-device,guest-cid=4"),

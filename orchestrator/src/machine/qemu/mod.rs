@@ -217,6 +217,9 @@ impl Machines for QemuPair {
         let _ = std::fs::remove_file(&link);
         let _ = std::fs::remove_file(&qmp);
         let agent_log = std::env::var("HITLESS_AGENT_LOG").ok();
+        // One capture file per boot: QEMU truncates the file it dumps to.
+        let capture =
+            (std::env::var("HITLESS_LINK_PCAP").as_deref() == Ok("1")).then(|| self.run.link_capture(name, boot));
         let peer_addr = self.cfg.processors[p.other()].link_local();
         let spec = MachineSpec {
             processor: &self.cfg.processors[p],
@@ -235,6 +238,7 @@ impl Machines for QemuPair {
             // As in the patent's figure, the second processor dials the first.
             dial: p == ProcId::SECOND,
             agent_log: agent_log.as_deref(),
+            link_capture: capture.as_deref(),
             vsock: &vsock,
         };
         let _ = std::fs::remove_file(self.run.paused(name));
