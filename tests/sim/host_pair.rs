@@ -15,11 +15,13 @@ use hitless_protocol::{
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A free port on `ip`. Each pair has a loopback address of its own, so that
-/// a port another test takes between this probe and the agent's bind cannot
-/// be one of the pair's.
-fn free_addr(ip: std::net::Ipv4Addr) -> SocketAddr {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
+/// `n` distinct free ports on `ip`. Each pair has a loopback address of its
+/// own, so that a port another test takes between this probe and the agent's
+/// bind cannot be one of the pair's; the probes are held until all are
+/// chosen, so that no two of the pair's are the same.
+fn free_addrs<const N: usize>(ip: std::net::Ipv4Addr) -> [SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> = (0..N).map(|_| std::net::TcpListener::bind((ip, 0)).unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
 /// How long a test waits for what should take milliseconds: a bound for a
@@ -34,6 +36,8 @@ const HOLD: Duration = Duration::from_secs(2);
 struct HostAgent {
     name: String,
     channel: Channel,
+    /// Why the agent stopped, if it did (it never should: a bind that failed, say).
+    stopped: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn spawn_pair() -> [HostAgent; 2] {
@@ -54,10 +58,11 @@ async fn spawn_paired() -> [HostAgent; 2] {
 fn spawn_pair_warm(warm_up: bool) -> [HostAgent; 2] {
     static PAIRS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
     let ip = std::net::Ipv4Addr::new(127, 0, 77, PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let link = [free_addr(ip), free_addr(ip)];
+    let [link0, link1, control0, work0, control1, work1] = free_addrs(ip);
+    let link = [link0, link1];
     let mut out = Vec::new();
     for (i, name) in ["p121", "p122"].into_iter().enumerate() {
-        let (control, work) = (free_addr(ip), free_addr(ip));
+        let (control, work) = [(control0, work0), (control1, work1)][i];
         let settings = Settings {
             name: name.into(),
             control: Endpoint::Tcp(control),
@@ -72,8 +77,13 @@ fn spawn_pair_warm(warm_up: bool) -> [HostAgent; 2] {
             switchover_hold: HOLD,
             db_capacity: 0,
         };
-        tokio::spawn(hitless_agent::run(settings));
-        out.push(HostAgent { name: name.into(), channel: Channel::Tcp { control, work } });
+        let stopped = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let why = stopped.clone();
+        tokio::spawn(async move {
+            let end = hitless_agent::run(settings).await;
+            *why.lock().unwrap() = Some(format!("{end:?}"));
+        });
+        out.push(HostAgent { name: name.into(), channel: Channel::Tcp { control, work }, stopped });
     }
     out.try_into().ok().unwrap()
 }
@@ -81,10 +91,12 @@ fn spawn_pair_warm(warm_up: bool) -> [HostAgent; 2] {
 async fn request(a: &HostAgent, req: ControlRequest) -> ControlReply {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        if let Ok(mut c) = AgentClient::connect(&a.channel).await {
-            return c.request(&req, PATIENCE).await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "{} never listened", a.name);
+        let e = match AgentClient::connect(&a.channel).await {
+            Ok(mut c) => return c.request(&req, PATIENCE).await.unwrap(),
+            Err(e) => e,
+        };
+        let stopped = a.stopped.lock().unwrap().clone();
+        assert!(Instant::now() < deadline, "{} never listened: {e}; the agent stopped: {stopped:?}", a.name);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -235,7 +247,7 @@ async fn a_request_mid_switchover_waits_for_the_promotion_and_only_so_long() {
     assert!(took < HOLD / 2, "the processor that stepped down held the request {took:?}");
     // ...the other, about to be promoted, holds it until its promotion...
     let held = tokio::spawn({
-        let b = HostAgent { name: b.name.clone(), channel: b.channel.clone() };
+        let b = HostAgent { name: b.name.clone(), channel: b.channel.clone(), stopped: b.stopped.clone() };
         async move { work_once(&b, "mid-switchover").await }
     });
     tokio::time::sleep(HOLD / 4).await;
