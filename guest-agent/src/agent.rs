@@ -391,9 +391,9 @@ impl Agent {
     }
 
     /// Wait (up to `bound`) until this processor is no longer about to be
-    /// promoted: promoted, or told otherwise. True unless the bound passed.
-    pub async fn await_switchover(&self, bound: Duration) -> bool {
-        self.wait_for(bound, |c| !Self::about_to_be_promoted(c)).await
+    /// promoted: promoted, or told otherwise.
+    pub async fn await_switchover(&self, bound: Duration) {
+        self.wait_for(bound, |c| !Self::about_to_be_promoted(c)).await;
     }
 
     /// How long a work request held mid-switchover waits ([`Served::Hold`]).
@@ -634,8 +634,7 @@ impl Agent {
                     return LinkAction::None;
                 }
                 Self::detach_standby(&mut c);
-                c.db = Database::from_units(units, seq, chain);
-                c.db.reserve(self.db_capacity);
+                c.db = Database::from_units(units, seq, chain, self.db_capacity);
                 c.seq = seq;
                 c.standby_generation = generation;
                 c.synced = true;

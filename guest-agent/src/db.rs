@@ -43,16 +43,19 @@ pub struct Database {
 }
 
 impl Database {
-    /// Rebuild from a step-up snapshot, continuing the active's history `chain`.
-    pub fn from_units(units: Vec<WorkUnit>, seq: u64, chain: u64) -> Self {
-        let mut applied = FxHashMap::default();
-        for u in &units {
+    /// Rebuild from a step-up snapshot, continuing the active's history
+    /// `chain`, with room for `ids` request ids ([`Database::reserve`]).
+    pub fn from_units(units: Vec<WorkUnit>, seq: u64, chain: u64, ids: usize) -> Self {
+        let mut db = Database { chain, ..Database::default() };
+        db.reserve(ids);
+        for u in units {
             for op in &u.ops {
                 // The snapshot does not carry per-op sequence numbers; they are all <= seq.
-                applied.insert(op.clone(), seq);
+                db.applied.insert(op.clone(), seq);
             }
+            db.units.insert(u.id.clone(), u);
         }
-        Database { units: units.into_iter().map(|u| (u.id.clone(), u)).collect(), applied, chain }
+        db
     }
 
     /// Make room for `ids` applied request ids (and half as many units) up
@@ -178,7 +181,7 @@ mod tests {
         let mut db = Database::default();
         db.apply(&req("r1", Operation::Open { unit: "a".into(), fields: Default::default() }), 1).unwrap();
         db.apply(&req("r2", Operation::SetPriority { unit: "a".into(), priority: 4 }), 2).unwrap();
-        let mut copy = Database::from_units(db.units(), 2, db.chain());
+        let mut copy = Database::from_units(db.units(), 2, db.chain(), 0);
         assert_eq!(copy.units(), db.units());
         // The copy continues the history: the same next update gives the same chain.
         let next = req("r3", Operation::Close { unit: "a".into() });
