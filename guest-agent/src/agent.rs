@@ -7,7 +7,7 @@ use crate::build::{Build, Flaw};
 use crate::db::Database;
 use crate::roles::{self, Facts, RoleError};
 use hitless_protocol::{
-    ControlReply, Evaluation, FeatureSet, Hello, LinkMsg, PeerStatus, Replication, Role, Status, WorkReply,
+    ControlReply, Evaluation, FeatureSet, Hello, LinkMsg, PeerStatus, Replication, RequestIds, Role, Status, WorkReply,
     WorkRequest, PROTOCOL_VERSION, REGISTRATION_BOUND_MS,
 };
 use std::collections::{btree_map::Entry, BTreeMap};
@@ -28,10 +28,6 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// load); a switchover that never completes (the orchestrator died between
 /// the two commands) costs each connection this much before "not active".
 pub const SWITCHOVER_HOLD: Duration = Duration::from_millis(100);
-/// Request ids a guest's database is sized for up front: all of `make
-/// bench`'s work on one pair (about 70,000), in a few MiB of a 256 MiB guest
-/// (only the tables' control bytes are touched before use).
-pub const GUEST_DB_CAPACITY: usize = 1 << 17;
 
 /// A work unit applied but not yet acknowledged: waits for the standby.
 struct Pending {
@@ -401,11 +397,12 @@ impl Agent {
         self.switchover_hold
     }
 
-    /// This agent, its database sized for `ids` applied request ids up front
-    /// (again after each step-up): see [`Database::reserve`].
+    /// This agent, its database sized for `ids` request ids up front and
+    /// applying no more (again after each step-up; 0: no bound): see
+    /// [`Database::with_capacity`].
     pub fn with_db_capacity(mut self, ids: usize) -> Self {
         self.db_capacity = ids;
-        self.lock().db.reserve(ids);
+        self.lock().db = Database::with_capacity(ids);
         self
     }
 
@@ -634,6 +631,9 @@ impl Agent {
                     return LinkAction::None;
                 }
                 Self::detach_standby(&mut c);
+                // The old tables go first: a full database and its replacement
+                // would not both fit in a guest.
+                c.db = Database::default();
                 c.db = Database::from_units(units, seq, chain, self.db_capacity);
                 c.seq = seq;
                 c.standby_generation = generation;
@@ -740,6 +740,10 @@ impl Agent {
             errors: c.errors,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             warmed_up_ms: self.warm_up.took_ms(),
+            request_ids: match c.db.request_ids() {
+                (_, 0) => None,
+                (applied, capacity) => Some(RequestIds { applied: applied as u64, capacity: capacity as u64 }),
+            },
         }
     }
 

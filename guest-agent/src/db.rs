@@ -18,6 +18,12 @@ pub enum DbError {
     /// Update/close of a closed unit.
     #[error("work unit {0} is closed")]
     Closed(String),
+    /// A new request id beyond the database's capacity.
+    #[error(
+        "the database is full: it holds {0} request ids, as many as this processor's memory allows; \
+         restart the pair (`hitless down`, `hitless up`) or give the processors more memory (`memory_mib`)"
+    )]
+    Full(usize),
 }
 
 /// What an activity does to its unit, carrying the strings the database keeps.
@@ -40,14 +46,27 @@ pub struct Database {
     applied: FxHashMap<String, u64>,
     /// Hash chained over every applied (seq, request id): see [`hitless_protocol::chain`].
     chain: u64,
+    /// The most request ids [`Database::apply`] takes (0: no bound).
+    capacity: usize,
 }
 
 impl Database {
-    /// Rebuild from a step-up snapshot, continuing the active's history
-    /// `chain`, with room for `ids` request ids ([`Database::reserve`]).
-    pub fn from_units(units: Vec<WorkUnit>, seq: u64, chain: u64, ids: usize) -> Self {
-        let mut db = Database { chain, ..Database::default() };
+    /// An empty database for `ids` request ids: its tables are sized for them
+    /// up front, and it applies no more (0: no bound, nothing sized). Every
+    /// request id stays (the de-duplication index and the history the
+    /// invariants read): unbounded, a guest under a sustained load ran out of
+    /// memory and died (its agent killed after ~420,000 requests in a 256 MiB
+    /// guest), which the testbed would have reported as a processor failure.
+    pub fn with_capacity(ids: usize) -> Self {
+        let mut db = Database { capacity: ids, ..Database::default() };
         db.reserve(ids);
+        db
+    }
+
+    /// Rebuild from a step-up snapshot, continuing the active's history
+    /// `chain`, with the capacity of [`Database::with_capacity`]`(ids)`.
+    pub fn from_units(units: Vec<WorkUnit>, seq: u64, chain: u64, ids: usize) -> Self {
+        let mut db = Database { chain, ..Database::with_capacity(ids) };
         for u in units {
             for op in &u.ops {
                 // The snapshot does not carry per-op sequence numbers; they are all <= seq.
@@ -63,9 +82,14 @@ impl Database {
     /// size: under TCG that stalls the agent for tens of milliseconds at each
     /// power of two, and every request in flight with it (the probe's p99 and
     /// maximum ack latency, `make bench`).
-    pub fn reserve(&mut self, ids: usize) {
+    fn reserve(&mut self, ids: usize) {
         self.applied.reserve(ids.saturating_sub(self.applied.len()));
         self.units.reserve((ids / 2).saturating_sub(self.units.len()));
+    }
+
+    /// How many request ids have been applied, and the most that may be (0: no bound).
+    pub fn request_ids(&self) -> (usize, usize) {
+        (self.applied.len(), self.capacity)
     }
 
     /// The history chain of everything applied (continued from the last step-up).
@@ -80,8 +104,12 @@ impl Database {
 
     /// Apply a request at sequence number `seq`, or say why it does not apply
     /// (the database is then unchanged). The active's way: its request goes on
-    /// to the standby, so the database copies what it keeps.
+    /// to the standby, so the database copies what it keeps. Only here is the
+    /// capacity enforced: a standby applies whatever its active applied.
     pub fn apply(&mut self, req: &WorkRequest, seq: u64) -> Result<(), DbError> {
+        if self.capacity > 0 && self.applied.len() >= self.capacity {
+            return Err(DbError::Full(self.capacity));
+        }
         let change = match &req.op {
             Operation::Open { fields, .. } => Change::Open(fields.clone()),
             Operation::Update { fields, .. } => Change::Fields(fields.clone()),
@@ -193,9 +221,31 @@ mod tests {
     }
 
     #[test]
+    fn a_full_database_refuses_new_ids_and_still_knows_the_old_ones() {
+        let open =
+            |n: usize| req(&format!("o{n}"), Operation::Open { unit: format!("u{n}"), fields: Default::default() });
+        let mut db = Database::with_capacity(3);
+        for n in 0..3 {
+            db.apply(&open(n), n as u64 + 1).unwrap();
+        }
+        assert_eq!(db.apply(&open(3), 4), Err(DbError::Full(3)));
+        assert_eq!(db.request_ids(), (3, 3));
+        assert_eq!(db.applied("o1"), Some(2), "a retry is still recognised");
+        assert!(DbError::Full(3).to_string().contains("memory_mib"), "says what to do");
+        // A standby applies what its active applied, and a step-up keeps the bound.
+        let mut standby = Database::from_units(db.units(), 3, db.chain(), 3);
+        standby.apply_owned(open(3), 4).unwrap();
+        assert_eq!(standby.apply(&open(4), 5), Err(DbError::Full(3)));
+        // No bound: capacity 0.
+        let mut free = Database::with_capacity(0);
+        for n in 0..10 {
+            free.apply(&open(n), n as u64 + 1).unwrap();
+        }
+    }
+
+    #[test]
     fn a_reserved_database_holds_that_many_ids_without_growing() {
-        let mut db = Database::default();
-        db.reserve(1000);
+        let mut db = Database::with_capacity(1000);
         let (ids, units) = (db.applied.capacity(), db.units.capacity());
         assert!(ids >= 1000 && units >= 500, "{ids} {units}");
         for n in 0..500 {

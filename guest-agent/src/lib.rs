@@ -45,8 +45,8 @@ pub struct Settings {
     /// How long a work request waits mid-switchover at the processor about to
     /// be promoted ([`agent::SWITCHOVER_HOLD`] in a guest).
     pub switchover_hold: std::time::Duration,
-    /// Request ids to size the database for up front ([`agent::GUEST_DB_CAPACITY`]
-    /// in a guest; 0 in-process, where many agents run at once).
+    /// Request ids the database is sized for up front and applies at most
+    /// ([`guest::db_capacity`] in a guest; 0 in-process: no bound, nothing sized).
     pub db_capacity: usize,
 }
 

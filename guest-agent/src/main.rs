@@ -45,13 +45,15 @@ struct Args {
 
 /// The settings, and the log filter the kernel command line asks for.
 fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
-    let (name, dial, log) = if a.from_cmdline {
+    let (name, dial, log, db_capacity) = if a.from_cmdline {
         let line = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
         let c = guest::parse_cmdline(&line)?;
         let dial = if c.dial { Some(guest::peer_addr(c.peer, "eth0", LINK_PORT)?) } else { None };
-        (c.name, dial, c.log)
+        let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
+        (c.name, dial, c.log, guest::db_capacity(&meminfo)?)
     } else {
-        (a.name.clone().ok_or("--name or --from-cmdline is required")?, a.dial, None)
+        // On a host, memory is not the guest's to run out of: no bound.
+        (a.name.clone().ok_or("--name or --from-cmdline is required")?, a.dial, None, 0)
     };
     let s = Settings {
         name,
@@ -65,7 +67,7 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
         exec: a.from_cmdline,
         warm_up: a.from_cmdline,
         switchover_hold: hitless_agent::agent::SWITCHOVER_HOLD,
-        db_capacity: hitless_agent::agent::GUEST_DB_CAPACITY,
+        db_capacity,
     };
     Ok((s, log))
 }

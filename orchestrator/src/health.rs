@@ -133,6 +133,7 @@ mod tests {
             errors: 0,
             uptime_ms: 0,
             warmed_up_ms: None,
+            request_ids: None,
         }
     }
 

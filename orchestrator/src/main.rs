@@ -429,6 +429,18 @@ async fn print_status(tb: &Testbed, json: bool) -> Vec<hitless::health::Problem>
             }
         }
     }
+    // Guests bound their database by their memory; a full one refuses new work.
+    let full: Vec<String> = st
+        .values()
+        .filter_map(|p| Some((p, p.agent.as_ref().ok()?.request_ids?)))
+        .map(|(p, r)| {
+            let full = if r.applied >= r.capacity { " FULL: new work is refused" } else { "" };
+            format!("{} {} of {}{full}", p.name, r.applied, r.capacity)
+        })
+        .collect();
+    if !full.is_empty() {
+        println!("database (request ids applied, of its capacity): {}", full.join("; "));
+    }
     if problems.is_empty() {
         println!("health: ok");
     } else {

@@ -498,6 +498,20 @@ pub struct Status {
     /// guests warm up — or not finished; older agents never say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmed_up_ms: Option<u64>,
+    /// Request ids applied (the de-duplication index), and the most the
+    /// database takes before it refuses new work (absent: no bound; older
+    /// agents never say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ids: Option<RequestIds>,
+}
+
+/// How full an agent's database is ([`Status::request_ids`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestIds {
+    /// Request ids applied.
+    pub applied: u64,
+    /// The most it applies; beyond, new work is rejected "the database is full".
+    pub capacity: u64,
 }
 
 /// The verdict of an evaluation request.

@@ -217,3 +217,71 @@ async fn an_abandoned_vsock_connect_leaves_the_guest_reachable() {
     let hello = tb.agents().hello(ProcId::FIRST, Duration::from_secs(5)).await;
     assert!(hello.is_ok(), "{name} unreachable after abandoned connects: {hello:?}");
 }
+
+/// How full `p`'s database is.
+async fn ids(tb: &Testbed, p: ProcId) -> hitless_protocol::RequestIds {
+    tb.agents().status(p).await.unwrap().request_ids.expect("a guest's database is bounded")
+}
+
+/// Send one work request to `p` and return its answer.
+async fn one_request(tb: &Testbed, p: ProcId, req: &hitless_protocol::WorkRequest) -> hitless_protocol::WorkReply {
+    use hitless_protocol::{frame_into, from_frame, Frames, PREAMBLE, WORK_PORT};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tb.agents().channel(p).connect(WORK_PORT).await.unwrap();
+    let mut out = PREAMBLE.to_vec();
+    frame_into(req, &mut out);
+    s.write_all(&out).await.unwrap();
+    let mut frames = Frames::new();
+    loop {
+        if let Some(frame) = frames.next_frame().unwrap() {
+            return from_frame(frame).unwrap();
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(frames.spare())).await.unwrap().unwrap();
+        assert!(n > 0, "{} closed the work connection", tb.name(p));
+    }
+}
+
+#[tokio::test]
+async fn a_full_database_refuses_new_work_and_the_guests_live_on() {
+    use hitless_protocol::{Operation, WorkReply, WorkRequest};
+    // Unbounded, a guest under a sustained load ran out of memory and its
+    // agent died (~420,000 requests in 256 MiB): the smallest guests fill fastest.
+    let guard = RunGuard::new();
+    let mut cfg = config();
+    for p in ProcId::BOTH {
+        cfg.processors[p].memory_mib = 128;
+    }
+    let mut tb = Testbed::up(cfg, guard.run.clone(), hitless_tests::events()).await.unwrap();
+    let (active, standby) = (ProcId::FIRST, ProcId::SECOND);
+    let capacity = ids(&tb, active).await.capacity;
+    assert!((20_000..200_000).contains(&capacity), "capacity {capacity} for a 128 MiB guest");
+    // Load until the active refuses: bounded by time, not by the capacity's size.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let f = hitless::load::measure(tb.agents().channel(active), 4, 32, Duration::from_secs(2)).await.unwrap();
+        if f.refused > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never full: {:?}", ids(&tb, active).await);
+    }
+    assert_eq!(ids(&tb, active).await.applied, capacity);
+    assert_eq!(ids(&tb, standby).await.applied, capacity, "the standby holds what the active applied");
+    let open =
+        |id: &str| WorkRequest { id: id.into(), op: Operation::Open { unit: id.into(), fields: Default::default() } };
+    match one_request(&tb, active, &open("after-full")).await {
+        WorkReply::Rejected { reason, .. } => assert!(reason.contains("database is full"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // A full database steps a standby up again, and its new active refuses as the old one did.
+    tb.set_role(standby, Role::OutOfService).await.unwrap();
+    tb.make_standby(standby).await.unwrap();
+    tb.set_role(active, Role::Standby).await.unwrap();
+    tb.set_role(standby, Role::Active).await.unwrap();
+    tb.wait_standby_current(active).await.unwrap();
+    assert!(matches!(one_request(&tb, standby, &open("after-switchover")).await, WorkReply::Rejected { .. }));
+    for p in ProcId::BOTH {
+        let s = tb.agents().status(p).await.unwrap();
+        assert_eq!((s.errors, s.request_ids.map(|r| r.applied)), (0, Some(capacity)), "{}", tb.name(p));
+        assert!(s.uptime_ms > 5_000, "{} restarted", tb.name(p));
+    }
+}

@@ -33,7 +33,13 @@ impl std::ops::DerefMut for Wire {
 
 impl Wire {
     fn new() -> Wire {
-        let j = joined::Joined::new(Agent::new("p121".into(), v1()), Agent::new("p122".into(), v1()));
+        Wire::with_db_capacity(0)
+    }
+
+    /// Both agents' databases bounded at `ids` request ids (0: no bound).
+    fn with_db_capacity(ids: usize) -> Wire {
+        let agent = |name: &str| Agent::new(name.into(), v1()).with_db_capacity(ids);
+        let j = joined::Joined::new(agent("p121"), agent("p122"));
         let mut w = Wire { j, to_a_log: Vec::new() };
         w.pump(|_| false);
         w
@@ -73,7 +79,10 @@ impl Wire {
 
     /// p121 active, p122 standby after its step-up.
     fn paired() -> Wire {
-        let mut w = Wire::new();
+        Wire::paired_with(Wire::new())
+    }
+
+    fn paired_with(mut w: Wire) -> Wire {
         w.a.set_role(Role::Active, 1).unwrap();
         w.b.set_role(Role::Standby, 2).unwrap();
         w.pump(|_| false);
@@ -323,4 +332,35 @@ fn a_standby_that_cannot_be_promoted_does_not_hold_work() {
     w.pump(|_| false);
     assert!(!holds(&w.a, &w.reply_tx, "w1"));
     assert!(!holds(&w.b, &w.reply_tx, "w2"));
+}
+
+#[test]
+fn a_full_database_rejects_new_work_and_the_pair_goes_on() {
+    let mut w = Wire::paired_with(Wire::with_db_capacity(3));
+    for n in 1..=3 {
+        w.open(n);
+    }
+    w.pump(|_| false);
+    assert_eq!(w.acks().len(), 3);
+    w.open(4);
+    match w.replies.try_recv() {
+        Ok(WorkReply::Rejected { id, reason }) => {
+            assert!(id == "w4" && reason.contains("database is full"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(w.pump(|_| false).is_empty(), "nothing was replicated for it");
+    // A retry is still answered from the de-duplication index.
+    w.open(2);
+    assert!(matches!(w.replies.try_recv(), Ok(WorkReply::Ack { duplicate: true, seq: 2, .. })));
+    let ids = w.a.status().request_ids;
+    assert_eq!(ids, Some(RequestIds { applied: 3, capacity: 3 }));
+    assert!(w.same_state());
+    // The standby, stepped up with the full database, is bounded too once active.
+    switch_over(&mut w);
+    let req = WorkRequest { id: "w5".into(), op: Operation::Open { unit: "u5".into(), fields: Default::default() } };
+    assert!(w.b.work(req, &w.reply_tx));
+    assert!(matches!(w.replies.try_recv(), Ok(WorkReply::Rejected { .. })));
+    // Without a bound nothing says so.
+    assert_eq!(Wire::paired().a.status().request_ids, None);
 }
