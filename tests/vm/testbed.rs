@@ -285,3 +285,36 @@ async fn a_full_database_refuses_new_work_and_the_guests_live_on() {
         assert!(s.uptime_ms > 5_000, "{} restarted", tb.name(p));
     }
 }
+
+/// The Ethernet frames of a pcap file (its 24-byte header checked).
+fn pcap_frames(bytes: &[u8]) -> Vec<&[u8]> {
+    assert_eq!(bytes.get(..4), Some(&[0xd4, 0xc3, 0xb2, 0xa1][..]), "not a little-endian pcap file");
+    assert_eq!(bytes[20..24], 1u32.to_le_bytes(), "link type is not Ethernet");
+    let (mut frames, mut at) = (Vec::new(), 24);
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        frames.push(&bytes[at + 16..(at + 16 + len).min(bytes.len())]);
+        at += 16 + len;
+    }
+    frames
+}
+
+#[tokio::test]
+async fn hitless_link_pcap_records_each_processors_link_frames() {
+    let guard = RunGuard::new();
+    let up = hitless_tests::hitless(&["up", "-q"])
+        .arg("--run-dir")
+        .arg(&guard.run.root)
+        .env("HITLESS_LINK_PCAP", "1")
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    for p in ["p121", "p122"] {
+        let file = guard.run.link_capture(p, 1);
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let frames = pcap_frames(&bytes);
+        // The agents' link is TCP over IPv6: ethertype 0x86dd, next header 6.
+        let tcp = frames.iter().filter(|f| f.len() > 20 && f[12..14] == [0x86, 0xdd] && f[20] == 6).count();
+        assert!(tcp >= 3, "{}: {} frames, {tcp} of them TCP over IPv6", file.display(), frames.len());
+    }
+}
