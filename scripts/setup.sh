@@ -69,10 +69,12 @@ if ! qemu-img --version >/dev/null 2>&1; then
 fi
 
 # vhost-device-vsock: the userspace vsock device (no kernel vhost-vsock here).
-# 0.3.0 (the newest on crates.io) has two bugs that leave a guest unreachable:
+# 0.3.0 (the newest on crates.io) has bugs that leave a guest unreachable:
 # it panics when the host closed a connection before the guest answered its
-# CONNECT, and its vring worker thread ends when host traffic arrives while the
-# VM is stopped (QMP stop). It is built from the crate as crates.io serves it
+# CONNECT; its vring worker thread ends when host traffic arrives while the
+# VM is stopped (QMP stop), or when the VM stops while it works; and an
+# interrupt it signals while the VM is stopped is lost (with EVENT_IDX the
+# guest then never reads its used ring again). It is built from the crate as crates.io serves it
 # (SHA-256 checked) with scripts/patches/vhost-device-vsock-0.3.0-*.patch.
 # The stamp names the patches, so a daemon built without one is rebuilt.
 vsock_patches=$(ls "$here"/scripts/patches/vhost-device-vsock-0.3.0-*.patch)
