@@ -74,7 +74,8 @@ fi
 # CONNECT; its vring worker thread ends when host traffic arrives while the
 # VM is stopped (QMP stop), or when the VM stops while it works; and an
 # interrupt it signals while the VM is stopped is lost (with EVENT_IDX the
-# guest then never reads its used ring again). It is built from the crate as crates.io serves it
+# guest then never reads its used ring again): the patch defers both until
+# the rings run again. It is built from the crate as crates.io serves it
 # (SHA-256 checked) with scripts/patches/vhost-device-vsock-0.3.0-*.patch.
 # The stamp names the patches, so a daemon built without one is rebuilt.
 vsock_patches=$(ls "$here"/scripts/patches/vhost-device-vsock-0.3.0-*.patch)
