@@ -430,7 +430,7 @@ async fn print_status(tb: &Testbed, json: bool) -> Vec<hitless::health::Problem>
         }
     }
     // Guests bound their database by their memory; a full one refuses new work.
-    let full: Vec<String> = st
+    let databases: Vec<String> = st
         .values()
         .filter_map(|p| Some((p, p.agent.as_ref().ok()?.request_ids?)))
         .map(|(p, r)| {
@@ -438,8 +438,8 @@ async fn print_status(tb: &Testbed, json: bool) -> Vec<hitless::health::Problem>
             format!("{} {} of {}{full}", p.name, r.applied, r.capacity)
         })
         .collect();
-    if !full.is_empty() {
-        println!("database (request ids applied, of its capacity): {}", full.join("; "));
+    if !databases.is_empty() {
+        println!("database (request ids applied, of its capacity): {}", databases.join("; "));
     }
     if problems.is_empty() {
         println!("health: ok");
