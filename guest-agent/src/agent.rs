@@ -96,8 +96,6 @@ pub struct Agent {
     warm_up: crate::warm::Armed,
     /// How long a work request waits mid-switchover ([`Served::Hold`]).
     switchover_hold: Duration,
-    /// Request ids the database is sized for up front.
-    db_capacity: usize,
 }
 
 /// What became of a work request ([`Agent::work_or_hold`]).
@@ -149,7 +147,6 @@ impl Agent {
             crashed: Default::default(),
             warm_up: Default::default(),
             switchover_hold: SWITCHOVER_HOLD,
-            db_capacity: 0,
         }
     }
 
@@ -398,10 +395,9 @@ impl Agent {
     }
 
     /// This agent, its database sized for `ids` request ids up front and
-    /// applying no more (again after each step-up; 0: no bound): see
-    /// [`Database::with_capacity`].
-    pub fn with_db_capacity(mut self, ids: usize) -> Self {
-        self.db_capacity = ids;
+    /// applying no more (a step-up refills the same tables; 0: no bound):
+    /// see [`Database::with_capacity`].
+    pub fn with_db_capacity(self, ids: usize) -> Self {
         self.lock().db = Database::with_capacity(ids);
         self
     }
@@ -631,10 +627,7 @@ impl Agent {
                     return LinkAction::None;
                 }
                 Self::detach_standby(&mut c);
-                // The old tables go first: a full database and its replacement
-                // would not both fit in a guest.
-                c.db = Database::default();
-                c.db = Database::from_units(units, seq, chain, self.db_capacity);
+                c.db.refill(units, seq, chain);
                 c.seq = seq;
                 c.standby_generation = generation;
                 c.synced = true;
