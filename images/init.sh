@@ -7,6 +7,10 @@
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# Transparent huge pages: the kernel turns them off below 512 MiB of RAM, but
+# the agent's database tables (sized up front) fault in 2 MiB at a time with
+# them instead of 4 KiB (see images/kernel/config.fragment).
+t=/sys/kernel/mm/transparent_hugepage/enabled; [ -w $t ] && echo always > $t
 while read m; do insmod /lib/modules/$m || echo "init: insmod $m failed"; done < /modules.list
 for f in /proc/sys/net/ipv6/conf/default/accept_dad /proc/sys/net/ipv6/conf/all/accept_dad; do echo 0 > $f; done
 n=0; while [ ! -b /dev/vda ] || [ ! -e /sys/class/net/eth0 ]; do n=$((n+1)); [ $n -gt 500 ] && break; usleep 10000; done
