@@ -81,7 +81,6 @@ impl Database {
         self.units.clear();
         self.applied.clear();
         self.chain = chain;
-        self.reserve(self.capacity);
         for u in units {
             for op in &u.ops {
                 // The snapshot does not carry per-op sequence numbers; they are all <= seq.
@@ -271,7 +270,7 @@ mod tests {
             db.apply(&req(&format!("c{n}"), Operation::Close { unit: format!("u{n}") }), 2 * n + 1).unwrap();
         }
         assert_eq!((db.applied.capacity(), db.units.capacity()), (ids, units), "a table grew");
-        // A step-up refills the same tables: nothing of the old state stays, nothing is reallocated.
+        // A step-up refills the tables it has: they keep their capacity, nothing of the old state stays.
         let snapshot = vec![WorkUnit {
             id: "s".into(),
             state: UnitState::Open,
@@ -281,7 +280,7 @@ mod tests {
         }];
         let old = (db.applied.capacity(), db.units.capacity());
         db.refill(snapshot, 7, 99);
-        assert_eq!((db.applied.capacity(), db.units.capacity()), old, "new tables");
+        assert_eq!((db.applied.capacity(), db.units.capacity()), old, "the tables were resized");
         assert_eq!((db.len(), db.applied("s1"), db.applied("o1"), db.chain()), (1, Some(7), None, 99));
     }
 }
