@@ -24,10 +24,13 @@
 //! target/release/examples/replication --syscalls     # system calls and wake-ups per acked unit
 //! ```
 //!
-//! For a profile with symbols, build the agent with debug info and no
-//! stripping, e.g. `CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=1
-//! cargo build --release -p hitless-agent --target-dir target/prof`, then
-//! `--callgrind --agent target/prof/release/hitless-agent --keep DIR` and
+//! The agent that ships in the app disks is built with the `guest` profile
+//! (thin LTO): measure that one with `cargo build --profile guest -p
+//! hitless-agent` and `--agent target/guest/hitless-agent`. For a profile
+//! with symbols, build it with debug info and no stripping, e.g.
+//! `CARGO_PROFILE_GUEST_STRIP=false CARGO_PROFILE_GUEST_DEBUG=1 cargo build
+//! --profile guest -p hitless-agent --target-dir target/prof`, then
+//! `--callgrind --agent target/prof/guest/hitless-agent --keep DIR` and
 //! `callgrind_annotate DIR/callgrind.p121.5000.out`.
 
 use anyhow::{bail, Context};
