@@ -10,7 +10,7 @@ use hitless_protocol::{
     ControlReply, Evaluation, FeatureSet, Hello, LinkMsg, PeerStatus, Replication, RequestIds, Role, Status, WorkReply,
     WorkRequest, PROTOCOL_VERSION, REGISTRATION_BOUND_MS,
 };
-use std::collections::{btree_map::Entry, BTreeMap};
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -40,6 +40,7 @@ struct Pending {
 /// that applied it, and retries of it (rare: kept apart so that the common
 /// case allocates nothing).
 struct Unregistered {
+    seq: u64,
     /// When the update was applied and sent: how long the standby is taking.
     since: Instant,
     first: Pending,
@@ -73,7 +74,10 @@ struct Core {
     generation: u64,
     standby_attached: bool,
     registered: Option<u64>,
-    pending: BTreeMap<u64, Unregistered>,
+    /// In seq order: updates are numbered as they are applied, and only a
+    /// retry of one still waiting goes anywhere but the back (a queue, not an
+    /// ordered map: no tree node per unit on the work path).
+    pending: VecDeque<Unregistered>,
     // As standby.
     synced: bool,
     standby_generation: u64,
@@ -136,7 +140,7 @@ impl Agent {
                 generation: 0,
                 standby_attached: false,
                 registered: None,
-                pending: BTreeMap::new(),
+                pending: VecDeque::new(),
                 synced: false,
                 standby_generation: 0,
                 stepups: 0,
@@ -237,12 +241,12 @@ impl Agent {
 
     /// Acknowledge every pending work unit up to `upto` (all when None: the standby went away).
     fn release(c: &mut Core, upto: Option<u64>, registered: bool) {
-        let keep = match upto {
-            Some(s) => c.pending.split_off(&(s + 1)),
-            None => BTreeMap::new(),
+        let n = match upto {
+            Some(s) => c.pending.partition_point(|u| u.seq <= s),
+            None => c.pending.len(),
         };
-        let done = std::mem::replace(&mut c.pending, keep);
-        for (seq, slot) in done {
+        for slot in c.pending.drain(..n) {
+            let seq = slot.seq;
             for p in slot.waiting() {
                 let _ = p.tx.send(WorkReply::Ack { id: p.id, seq, registered, duplicate: p.duplicate });
             }
@@ -253,7 +257,7 @@ impl Agent {
     /// clients retry elsewhere; returns how many there were.
     fn refuse_pending(c: &mut Core) -> usize {
         let mut n = 0;
-        for (_, slot) in std::mem::take(&mut c.pending) {
+        for slot in std::mem::take(&mut c.pending) {
             for p in slot.waiting() {
                 n += 1;
                 let _ = p.tx.send(WorkReply::NotActive { id: p.id, role: c.role, active: None });
@@ -528,11 +532,10 @@ impl Agent {
         let registered_now = c.registered.is_some_and(|r| r >= seq);
         if c.standby_attached && !registered_now {
             let p = Pending { tx: tx.clone(), id, duplicate };
-            match c.pending.entry(seq) {
-                Entry::Vacant(e) => {
-                    e.insert(Unregistered { since: Instant::now(), first: p, retries: Vec::new() });
-                }
-                Entry::Occupied(mut e) => e.get_mut().retries.push(p),
+            let at = c.pending.partition_point(|u| u.seq < seq);
+            match c.pending.get_mut(at) {
+                Some(u) if u.seq == seq => u.retries.push(p),
+                _ => c.pending.insert(at, Unregistered { seq, since: Instant::now(), first: p, retries: Vec::new() }),
             }
         } else {
             let _ = tx.send(WorkReply::Ack { id, seq, registered: c.standby_attached, duplicate });
@@ -748,7 +751,7 @@ impl Agent {
 
     /// How long the oldest update not yet registered has waited (zero when none).
     fn oldest_unregistered(c: &Core) -> Duration {
-        c.pending.values().next().map_or(Duration::ZERO, |u| u.since.elapsed())
+        c.pending.front().map_or(Duration::ZERO, |u| u.since.elapsed())
     }
 
     /// Judge this version over `window`, as the active: it must stay active

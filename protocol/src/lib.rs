@@ -610,13 +610,30 @@ pub fn link_feature(msg: &LinkMsg) -> Option<&'static str> {
 }
 
 /// The history chain after applying request `id` at `seq` to a state whose
-/// chain was `prev` (FNV-1a): two processors with equal sequence numbers and
-/// equal chains applied the same updates, so they hold the same state.
+/// chain was `prev`: two processors with equal sequence numbers and equal
+/// chains applied the same updates, so they hold the same state. Each step
+/// mixes eight bytes at a time with a folded 128-bit multiply (the mixer of
+/// foldhash and rustc-hash); the byte-at-a-time FNV-1a it replaced took ~140
+/// instructions per work unit in each agent (callgrind), about 4% of the
+/// active's. Both ends of a link must use the same function: a chain that
+/// differs only costs a full step-up instead of a confirmation.
 pub fn chain(prev: u64, seq: u64, id: &str) -> u64 {
-    seq.to_le_bytes()
-        .iter()
-        .chain(id.as_bytes())
-        .fold(prev ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+    fn mix(h: u64, w: u64) -> u64 {
+        let m = u128::from(h ^ w) * u128::from(0x9e37_79b9_7f4a_7c15u64);
+        (m as u64) ^ ((m >> 64) as u64)
+    }
+    let bytes = id.as_bytes();
+    // The length goes in first, so ids that differ only by trailing zero bytes differ.
+    let mut h = mix(mix(prev ^ 0xcbf2_9ce4_8422_2325, seq), bytes.len() as u64);
+    let mut words = bytes.chunks_exact(8);
+    let mut word = [0u8; 8];
+    for w in &mut words {
+        word.copy_from_slice(w);
+        h = mix(h, u64::from_le_bytes(word));
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    mix(h, u64::from_le_bytes(tail))
 }
 
 /// Encode a link message as one frame, refusing any feature not in

@@ -121,6 +121,35 @@ fn malformed_frames_and_lines_are_errors() {
 }
 
 #[test]
+fn strings_decode_alike_whether_the_rest_of_the_body_is_text_or_not() {
+    // All text after the first string (checked in one pass), text with
+    // multi-byte characters, and a body whose rest is not UTF-8 (the priority
+    // byte 0xff; strings then checked one by one).
+    for op in [
+        Operation::Update { unit: "u-7".into(), fields: [("state".to_string(), "connected".to_string())].into() },
+        Operation::Update { unit: "zürich".into(), fields: [("名前".to_string(), "ünït".to_string())].into() },
+        Operation::SetPriority { unit: "u".into(), priority: 0xff },
+    ] {
+        let req = WorkRequest { id: "w-é-1".into(), op };
+        assert_eq!(from_frame::<WorkRequest>(&to_frame(&req)).unwrap(), req);
+        let up = update(req.op.clone());
+        assert_eq!(decode_link(&to_frame(&up), &v2()).unwrap(), up);
+    }
+    // A string cut inside a character is not UTF-8, though the body around it is.
+    let req = WorkRequest { id: "é".into(), op: Operation::Close { unit: "ü".into() } };
+    let mut cut = to_frame(&req);
+    // Body: kind, id length 2, 0xc3 0xa9, op kind, unit length 2, 0xc3 0xbc. Make the id one byte long and
+    // the op kind the id's second byte: the text is still UTF-8, the id alone is not.
+    assert_eq!(cut[4..], [1, 2, 0xc3, 0xa9, 3, 2, 0xc3, 0xbc]);
+    cut[5] = 1;
+    assert!(matches!(from_frame::<WorkRequest>(&cut), Err(ProtocolError::Malformed(m)) if m.contains("UTF-8")));
+    // Not UTF-8 at all.
+    let mut bad = to_frame(&WorkRequest { id: "ab".into(), op: Operation::Close { unit: "u".into() } });
+    bad[7] = 0xff;
+    assert!(matches!(from_frame::<WorkRequest>(&bad), Err(ProtocolError::Malformed(m)) if m.contains("UTF-8")));
+}
+
+#[test]
 fn frames_arrive_whole_however_the_bytes_are_split() {
     let msgs = [
         LinkMsg::Heartbeat,
@@ -212,6 +241,16 @@ fn the_chain_tells_the_same_history_from_another() {
     assert_eq!(h(&[(1, "a"), (2, "b")]), h(&[(1, "a"), (2, "b")]));
     assert_ne!(h(&[(1, "a"), (2, "b")]), h(&[(1, "b"), (2, "a")]));
     assert_ne!(h(&[(1, "a"), (2, "b")]), h(&[(1, "a"), (2, "c")]));
+    // Ids of eight bytes and more (whole words, then the tail), and ids that
+    // differ only in length or in one byte of one word.
+    let long = "load19a2b3c4d5e6.0.3-w12345";
+    assert_eq!(h(&[(7, long)]), h(&[(7, long)]));
+    let mut seen = std::collections::BTreeSet::new();
+    for id in [long, "load19a2b3c4d5e6.0.3-w12346", "Load19a2b3c4d5e6.0.3-w12345", "a", "a\0", "a\0\0\0\0\0\0\0", ""] {
+        for seq in [1, 2, 1 << 40] {
+            assert!(seen.insert(h(&[(seq, id)])), "{seq} {id:?} collides");
+        }
+    }
     // A confirmation carries no units, so no feature: both versions read it.
     let msg = LinkMsg::Continue { generation: 2, seq: 9, chain: 77 };
     assert_eq!(decode_link(&encode_link(&msg, &v1()).unwrap(), &v1()).unwrap(), msg);

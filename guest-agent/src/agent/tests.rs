@@ -143,6 +143,28 @@ fn step_up_carries_all_state_then_each_ack_waits_for_registration() {
 }
 
 #[test]
+fn a_registration_acks_in_order_up_to_its_seq_and_a_waiting_retry_with_its_first() {
+    let mut w = Wire::paired();
+    let generation = w.a.status().replication.generation;
+    let seq0 = w.a.status().replication.seq;
+    w.open(1);
+    w.open(2);
+    w.open(3);
+    // A retry of w2 while w2 still waits: a duplicate, answered with w2.
+    w.open(2);
+    assert!(w.acks().is_empty());
+    w.a.on_link(LinkMsg::Registered { generation, seq: seq0 + 2 });
+    let mut got = Vec::new();
+    while let Ok(WorkReply::Ack { id, seq, duplicate, .. }) = w.replies.try_recv() {
+        got.push((id, seq - seq0, duplicate));
+    }
+    assert_eq!(got, [("w1".into(), 1, false), ("w2".into(), 2, false), ("w2".into(), 2, true)]);
+    // The rest once the standby registers it.
+    w.pump(|_| false);
+    assert_eq!(w.acks(), [("w3".into(), true)]);
+}
+
+#[test]
 fn a_lost_update_is_a_gap_and_the_standby_gets_a_fresh_step_up() {
     let mut w = Wire::paired();
     for n in 1..=3 {
