@@ -1,5 +1,6 @@
 //! Whether a pair is healthy — one active, one standby that the active sees
-//! current, both machines running, the link up — as a pure function of what
+//! current, both machines running, the link up, room in the active's
+//! database for new work — as a pure function of what
 //! `status` observed. `hitless status` exits non-zero with these problems,
 //! the procedure refuses to start on them, and `hitless repair` fixes them.
 
@@ -40,6 +41,14 @@ pub enum Problem {
     },
     /// An agent does not see its peer over the link.
     LinkDown(String),
+    /// The active's database holds as many request ids as it may: it refuses
+    /// every new work unit, so the pair serves nothing new.
+    DatabaseFull {
+        /// The active.
+        active: String,
+        /// The request ids it holds, its bound.
+        capacity: u64,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -55,6 +64,11 @@ impl std::fmt::Display for Problem {
             Problem::NoStandby { active, other } => write!(f, "{active} is active with no standby ({other})"),
             Problem::StandbyNotCurrent { standby, why } => write!(f, "standby {standby} is not current: {why}"),
             Problem::LinkDown(p) => write!(f, "{p} does not see its peer over the link"),
+            Problem::DatabaseFull { active, capacity } => write!(
+                f,
+                "{active}'s database is full ({capacity} request ids): it refuses all new work; restart the pair \
+                 (`hitless down`, `hitless up`) or give the processors more memory (`memory_mib`)"
+            ),
         }
     }
 }
@@ -80,6 +94,9 @@ pub fn assess(st: &crate::pair::Pair<ProcessorStatus>) -> Vec<Problem> {
     match actives.as_slice() {
         [] => problems.push(Problem::NoActive),
         [(s, a)] => {
+            if let Some(ids) = a.request_ids.filter(|r| r.capacity > 0 && r.applied >= r.capacity) {
+                problems.push(Problem::DatabaseFull { active: s.name.clone(), capacity: ids.capacity });
+            }
             let other = st.values().find(|o| o.name != s.name);
             let standby = roles.iter().find(|(o, b)| o.name != s.name && b.hello.role == Role::Standby);
             match (standby, other) {
@@ -110,7 +127,7 @@ pub fn assess(st: &crate::pair::Pair<ProcessorStatus>) -> Vec<Problem> {
 mod tests {
     use super::*;
     use crate::pair::Pair;
-    use hitless_protocol::{Hello, PeerStatus, Replication, Status, PROTOCOL_VERSION};
+    use hitless_protocol::{Hello, PeerStatus, Replication, RequestIds, Status, PROTOCOL_VERSION};
 
     fn agent(name: &str, role: Role, repl: Replication, peer_connected: bool) -> Status {
         let hello = |n: &str, r| Hello {
@@ -190,5 +207,17 @@ mod tests {
             proc("p122", Some("running"), Ok(agent("p122", Role::Standby, Replication::default(), false))),
         );
         assert_eq!(assess(&cut), vec![Problem::LinkDown("p122".into())]);
+
+        // A database with room is healthy; a full one refuses all new work.
+        let ids = |applied| Some(RequestIds { applied, capacity: 1000 });
+        let with_ids = |applied| {
+            let mut a = agent("p121", Role::Active, current(), true);
+            a.request_ids = ids(applied);
+            Pair::new(proc("p121", Some("running"), Ok(a)), standby())
+        };
+        assert_eq!(assess(&with_ids(999)), vec![]);
+        let full = assess(&with_ids(1000));
+        assert_eq!(full, vec![Problem::DatabaseFull { active: "p121".into(), capacity: 1000 }]);
+        assert!(full[0].to_string().contains("hitless down"), "says what to do: {}", full[0]);
     }
 }

@@ -267,6 +267,14 @@ async fn a_full_database_refuses_new_work_and_the_guests_live_on() {
         WorkReply::Rejected { reason, .. } => assert!(reason.contains("database is full"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    // Not healthy: `hitless status` exits 5 and an upgrade refuses to start on it.
+    let problems = hitless::health::assess(&tb.status().await);
+    assert!(
+        problems.contains(&hitless::health::Problem::DatabaseFull { active: tb.name(active).into(), capacity }),
+        "{problems:?}"
+    );
+    let why = hitless::procedure::repair(&mut tb).await.map(|_| ()).unwrap_err().to_string();
+    assert!(why.contains("cannot repair") && why.contains("database is full"), "{why}");
     // A full database steps a standby up again, and its new active refuses
     // once its own bound (from its own memory: maybe a little more) is reached.
     tb.set_role(standby, Role::OutOfService).await.unwrap();
