@@ -74,9 +74,11 @@ struct Core {
     generation: u64,
     standby_attached: bool,
     registered: Option<u64>,
-    /// In seq order: updates are numbered as they are applied, and only a
-    /// retry of one still waiting goes anywhere but the back (a queue, not an
-    /// ordered map: no tree node per unit on the work path).
+    /// In seq order (a queue, not an ordered map: no tree node per unit on
+    /// the work path). Updates are numbered as they are applied, so a new one
+    /// goes at the back; only a retry, of an update still waiting or (after a
+    /// resync, before the new step-up is registered) of an older one, goes
+    /// elsewhere: to its own seq's place.
     pending: VecDeque<Unregistered>,
     // As standby.
     synced: bool,

@@ -24,13 +24,13 @@
 //! target/release/examples/replication --syscalls     # system calls and wake-ups per acked unit
 //! ```
 //!
-//! The agent that ships in the app disks is built with the `guest` profile
-//! (thin LTO): measure that one with `cargo build --profile guest -p
-//! hitless-agent` and `--agent target/guest/hitless-agent`. For a profile
+//! The agent that ships in the app disks is built with the `app` profile
+//! (thin LTO): measure that one with `cargo build --profile app -p
+//! hitless-agent` and `--agent target/app/hitless-agent`. For a profile
 //! with symbols, build it with debug info and no stripping, e.g.
-//! `CARGO_PROFILE_GUEST_STRIP=false CARGO_PROFILE_GUEST_DEBUG=1 cargo build
-//! --profile guest -p hitless-agent --target-dir target/prof`, then
-//! `--callgrind --agent target/prof/guest/hitless-agent --keep DIR` and
+//! `CARGO_PROFILE_APP_STRIP=false CARGO_PROFILE_APP_DEBUG=1 cargo build
+//! --profile app -p hitless-agent --target-dir target/prof`, then
+//! `--callgrind --agent target/prof/app/hitless-agent --keep DIR` and
 //! `callgrind_annotate DIR/callgrind.p121.5000.out`.
 
 use anyhow::{bail, Context};

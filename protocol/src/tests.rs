@@ -241,6 +241,8 @@ fn the_chain_tells_the_same_history_from_another() {
     assert_eq!(h(&[(1, "a"), (2, "b")]), h(&[(1, "a"), (2, "b")]));
     assert_ne!(h(&[(1, "a"), (2, "b")]), h(&[(1, "b"), (2, "a")]));
     assert_ne!(h(&[(1, "a"), (2, "b")]), h(&[(1, "a"), (2, "c")]));
+    // The history before the last update counts too.
+    assert_ne!(h(&[(1, "a"), (2, "b")]), h(&[(1, "x"), (2, "b")]));
     // Ids of eight bytes and more (whole words, then the tail), and ids that
     // differ only in length or in one byte of one word.
     let long = "load19a2b3c4d5e6.0.3-w12345";

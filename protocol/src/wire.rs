@@ -160,7 +160,10 @@ pub struct Reader<'a> {
     /// (`buf` is always a suffix of it). Checked once in one pass: a work
     /// request or update is a few short strings, and checking each alone cost
     /// the active agent ~300 instructions per work unit (callgrind), about as
-    /// much as the rest of decoding; one pass over the ~60 bytes takes a fifth.
+    /// much as the rest of decoding. Where a binary field follows the strings
+    /// (an ack's seq from 128 on, a priority, a step-up's chain) the pass fails
+    /// and the strings are checked one by one as before: those messages pay
+    /// for both, the work path's requests and updates for the pass alone.
     text: Option<&'a str>,
     /// True once `text` was looked for (it stays `None` when the rest is not
     /// UTF-8: the strings are then checked one by one).

@@ -165,6 +165,29 @@ fn a_registration_acks_in_order_up_to_its_seq_and_a_waiting_retry_with_its_first
 }
 
 #[test]
+fn a_retry_of_a_registered_unit_after_a_resync_waits_in_seq_order() {
+    let mut w = Wire::paired();
+    let seq0 = w.a.status().replication.seq;
+    w.open(1);
+    w.pump(|_| false);
+    assert_eq!(w.acks(), [("w1".into(), true)]);
+    w.open(2);
+    w.open(3);
+    // The standby asks for a fresh step-up: nothing counts as registered until
+    // it has that, so a retry of w1 (applied at the lowest seq) waits too, at
+    // the front of the queue, not behind w2 and w3.
+    w.a.on_link(LinkMsg::Resync { reason: "test".into() });
+    w.open(1);
+    assert!(w.acks().is_empty());
+    w.pump(|_| false);
+    let mut got = Vec::new();
+    while let Ok(WorkReply::Ack { id, seq, duplicate, .. }) = w.replies.try_recv() {
+        got.push((id, seq - seq0, duplicate));
+    }
+    assert_eq!(got, [("w1".into(), 1, true), ("w2".into(), 2, false), ("w3".into(), 3, false)]);
+}
+
+#[test]
 fn a_lost_update_is_a_gap_and_the_standby_gets_a_fresh_step_up() {
     let mut w = Wire::paired();
     for n in 1..=3 {

@@ -69,7 +69,7 @@ fn build_agent(cfg: &Config, features: &[String]) -> Result<PathBuf, ImageError>
     let target_dir = cfg.workspace.join("target/guest");
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(&cfg.workspace)
-        .args(["build", "--quiet", "--profile", "guest", "-p", "hitless-agent", "--target", "x86_64-unknown-linux-gnu"])
+        .args(["build", "--quiet", "--profile", "app", "-p", "hitless-agent", "--target", "x86_64-unknown-linux-gnu"])
         .arg("--target-dir")
         .arg(&target_dir)
         // Static so it runs from the app disk with no libc in the guest; --target keeps build scripts dynamic.
@@ -78,7 +78,7 @@ fn build_agent(cfg: &Config, features: &[String]) -> Result<PathBuf, ImageError>
         cmd.arg("--features").arg(features.join(","));
     }
     run(&mut cmd)?;
-    let built = target_dir.join("x86_64-unknown-linux-gnu/guest/hitless-agent");
+    let built = target_dir.join("x86_64-unknown-linux-gnu/app/hitless-agent");
     // Copy out at once: the next feature set's build overwrites the same path.
     let label = if features.is_empty() { "default".to_string() } else { features.join("+") };
     let out = target_dir.join(format!("hitless-agent-{label}"));
