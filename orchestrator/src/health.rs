@@ -2,7 +2,8 @@
 //! current, both machines running, the link up, room in the active's
 //! database for new work — as a pure function of what
 //! `status` observed. `hitless status` exits non-zero with these problems,
-//! the procedure refuses to start on them, and `hitless repair` fixes them.
+//! the procedure refuses to start on them, and `hitless repair` fixes them
+//! (all but a full database, which needs the pair restarted).
 
 use crate::testbed::ProcessorStatus;
 use hitless_protocol::Role;
