@@ -109,6 +109,18 @@ impl Wire {
         out
     }
 
+    /// The acks so far as (id, seq after `seq0`, duplicate); any other reply fails the test.
+    fn acks_since(&mut self, seq0: u64) -> Vec<(String, u64, bool)> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.replies.try_recv() {
+            match r {
+                WorkReply::Ack { id, seq, duplicate, .. } => out.push((id, seq - seq0, duplicate)),
+                other => panic!("{other:?}"),
+            }
+        }
+        out
+    }
+
     fn same_state(&self) -> bool {
         self.a.dump() == self.b.dump()
     }
@@ -154,11 +166,7 @@ fn a_registration_acks_in_order_up_to_its_seq_and_a_waiting_retry_with_its_first
     w.open(2);
     assert!(w.acks().is_empty());
     w.a.on_link(LinkMsg::Registered { generation, seq: seq0 + 2 });
-    let mut got = Vec::new();
-    while let Ok(WorkReply::Ack { id, seq, duplicate, .. }) = w.replies.try_recv() {
-        got.push((id, seq - seq0, duplicate));
-    }
-    assert_eq!(got, [("w1".into(), 1, false), ("w2".into(), 2, false), ("w2".into(), 2, true)]);
+    assert_eq!(w.acks_since(seq0), [("w1".into(), 1, false), ("w2".into(), 2, false), ("w2".into(), 2, true)]);
     // The rest once the standby registers it.
     w.pump(|_| false);
     assert_eq!(w.acks(), [("w3".into(), true)]);
@@ -180,11 +188,7 @@ fn a_retry_of_a_registered_unit_after_a_resync_waits_in_seq_order() {
     w.open(1);
     assert!(w.acks().is_empty());
     w.pump(|_| false);
-    let mut got = Vec::new();
-    while let Ok(WorkReply::Ack { id, seq, duplicate, .. }) = w.replies.try_recv() {
-        got.push((id, seq - seq0, duplicate));
-    }
-    assert_eq!(got, [("w1".into(), 1, true), ("w2".into(), 2, false), ("w3".into(), 3, false)]);
+    assert_eq!(w.acks_since(seq0), [("w1".into(), 1, true), ("w2".into(), 2, false), ("w3".into(), 3, false)]);
 }
 
 #[test]

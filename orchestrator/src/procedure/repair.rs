@@ -62,12 +62,11 @@ pub async fn repair(tb: &mut Testbed) -> Result<Repaired, Error> {
         tb.events().progress(format!("repair: {p}"));
     }
     // Nothing a role change or a reload fixes: the pair must be restarted.
-    if let Some(full @ health::Problem::DatabaseFull { active, .. }) =
-        problems.iter().find(|p| matches!(p, health::Problem::DatabaseFull { .. }))
-    {
-        return Err(
-            ProcessorError::Agent { processor: active.clone(), message: format!("cannot repair: {full}") }.into()
-        );
+    for full in &problems {
+        if let health::Problem::DatabaseFull { active, .. } = full {
+            let message = format!("cannot repair: {full}");
+            return Err(ProcessorError::Agent { processor: active.clone(), message }.into());
+        }
     }
     let mut act = |tb: &Testbed, what: String| {
         tb.events().progress(format!("repair: {what}"));
