@@ -20,7 +20,10 @@ ip link set lo up
 echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad
 ip link set eth0 up || echo "init: no link NIC (eth0)"
 [ -x /app/hitless-agent ] || { echo "init: no agent on the app disk (/app/hitless-agent)"; poweroff -f; }
-/app/hitless-agent --from-cmdline
+# The version's start arguments, one per line (a test image's flaw).
+set --
+if [ -f /app/agent.args ]; then while IFS= read -r a; do set -- "$@" "$a"; done < /app/agent.args; fi
+/app/hitless-agent --from-cmdline "$@"
 echo "init: the agent exited (status $?)"
 # The machine stays up, as an OS whose application died would: the
 # orchestrator sees the agent gone and fences the machine itself.

@@ -1,21 +1,42 @@
 //! What a build of the agent is: its software version, the features it
-//! supports and, for test images, its deliberate flaw. In a guest this is
-//! fixed at compile time by Cargo features, so each version is a different
-//! binary ([`Build::compiled`]); the orchestrator's simulated pair runs
-//! agents in-process and names the build per processor instead
-//! ([`Build::from_cargo_features`], the same mapping the features make).
+//! supports and, for test images, its deliberate flaw. In a guest the version
+//! and features are fixed at compile time by Cargo features, so each version
+//! is a different binary ([`Build::compiled`]); a flaw is a start argument
+//! (`--flaw`) that a test version's app disk carries (`agent_args` in the
+//! config), so that the broken versions of 2.0.0 cost no build of their own.
+//! The orchestrator's simulated pair runs agents in-process and names the
+//! build per processor instead ([`Build::from_cargo_features`] and
+//! [`Build::with_args`], the same mapping).
 
 use hitless_protocol::{FeatureSet, FEATURE_PRIORITY};
 use serde::Serialize;
 
-/// A deliberate defect compiled into a test image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A deliberate defect of a test image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Flaw {
     /// Evaluation always reports "not acceptable".
     BadEval,
     /// The agent exits shortly after becoming active.
     Crash,
+}
+
+/// The start arguments that shape a build (the binary flattens them into its
+/// own; [`Build::with_args`] parses them alone).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BuildArgs {
+    /// Deliberate flaw, for test images: bad-eval (evaluation says "not
+    /// acceptable") or crash (exits soon after becoming active).
+    #[arg(long, value_enum)]
+    pub flaw: Option<Flaw>,
+}
+
+/// [`BuildArgs`] as a command line of its own, for [`Build::with_args`].
+#[derive(clap::Parser)]
+#[command(no_binary_name = true)]
+struct OnlyBuildArgs {
+    #[command(flatten)]
+    build: BuildArgs,
 }
 
 /// The software version of this binary.
@@ -36,36 +57,30 @@ pub struct Build {
 }
 
 impl Build {
-    /// This binary's build.
-    pub fn compiled() -> Build {
-        let mut names = Vec::new();
-        for (on, name) in
-            [(cfg!(feature = "v2"), "v2"), (cfg!(feature = "bad-eval"), "bad-eval"), (cfg!(feature = "crash"), "crash")]
-        {
-            if on {
-                names.push(name);
-            }
-        }
-        Build::from_cargo_features(&names)
+    /// This binary's build, started with `args`.
+    pub fn compiled(args: &BuildArgs) -> Build {
+        let features: &[&str] = if cfg!(feature = "v2") { &["v2"] } else { &[] };
+        Build { flaw: args.flaw, ..Build::from_cargo_features(features) }
     }
 
-    /// The build these Cargo features of this crate make (`bad-eval` and `crash` imply `v2`).
+    /// The build these Cargo features of this crate make (`v2` or none).
     pub fn from_cargo_features<S: AsRef<str>>(features: &[S]) -> Build {
-        let has = |f: &str| features.iter().any(|x| x.as_ref() == f);
-        let flaw = if has("bad-eval") {
-            Some(Flaw::BadEval)
-        } else if has("crash") {
-            Some(Flaw::Crash)
-        } else {
-            None
-        };
-        let v2 = has("v2") || flaw.is_some();
+        let v2 = features.iter().any(|x| x.as_ref() == "v2");
         let mut supported = FeatureSet::new();
         if v2 {
             supported.insert(FEATURE_PRIORITY.to_string());
         }
         let version = if v2 { "2.0.0" } else { "1.0.0" }.into();
-        Build { version, features: supported, flaw, proto: hitless_protocol::PROTOCOL_VERSION }
+        Build { version, features: supported, flaw: None, proto: hitless_protocol::PROTOCOL_VERSION }
+    }
+
+    /// This build started with `args` (an app disk's `agent_args`): parsed as
+    /// the binary parses them; any argument but `--flaw` is an error here.
+    pub fn with_args<S: AsRef<str>>(self, args: &[S]) -> Result<Build, String> {
+        use clap::Parser;
+        let a = OnlyBuildArgs::try_parse_from(args.iter().map(|a| a.as_ref()))
+            .map_err(|e| e.render().to_string().trim_end().to_string())?;
+        Ok(Build { flaw: a.build.flaw, ..self })
     }
 }
 
@@ -75,12 +90,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flawed_builds_are_2_0_0_and_1_0_0_has_no_features() {
-        let b = Build::from_cargo_features(&["crash"]);
+    fn versions_come_from_features_and_flaws_from_arguments() {
+        let b = Build::from_cargo_features(&["v2"]).with_args(&["--flaw", "crash"]).unwrap();
         assert_eq!((b.version.as_str(), b.flaw), ("2.0.0", Some(Flaw::Crash)));
         assert!(b.features.contains(FEATURE_PRIORITY));
+        let b = Build::from_cargo_features(&["v2"]).with_args(&["--flaw=bad-eval"]).unwrap();
+        assert_eq!(b.flaw, Some(Flaw::BadEval));
         let none: [&str; 0] = [];
-        assert_eq!(Build::from_cargo_features(&none).features.len(), 0);
-        assert_eq!(Build::compiled().version, VERSION);
+        let b = Build::from_cargo_features(&none).with_args(&none).unwrap();
+        assert_eq!((b.version.as_str(), b.features.len(), b.flaw), ("1.0.0", 0, None));
+        assert_eq!(Build::compiled(&BuildArgs::default()).version, VERSION);
+    }
+
+    #[test]
+    fn arguments_that_are_not_a_flaw_are_refused() {
+        let b = Build::from_cargo_features(&["v2"]);
+        let e = b.clone().with_args(&["--flaw", "slow"]).unwrap_err();
+        assert!(e.contains("slow") && e.contains("bad-eval"), "{e}");
+        let e = b.with_args(&["--name", "p121"]).unwrap_err();
+        assert!(e.contains("--name"), "{e}");
     }
 }

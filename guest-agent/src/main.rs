@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use hitless_agent::{
-    build::{self, Build},
+    build::{self, Build, BuildArgs},
     guest, Exit, Settings,
 };
 use hitless_protocol::{CONTROL_PORT, LINK_PORT, WORK_PORT};
@@ -20,7 +20,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(version = build::VERSION, about = "The software on each processor of a hitless active/standby pair")]
 struct Args {
-    /// Print this build's manifest (version, features) as JSON and exit.
+    /// Print this build's manifest (version, features, flaw) as JSON and exit.
     #[arg(long)]
     manifest: bool,
     /// Read name and peer from /proc/cmdline (hitless.name=, hitless.peer=, hitless.dial=).
@@ -41,6 +41,8 @@ struct Args {
     /// Dial the peer at this address (the other side only accepts).
     #[arg(long)]
     dial: Option<SocketAddr>,
+    #[command(flatten)]
+    build: BuildArgs,
 }
 
 /// The settings, and the log filter the kernel command line asks for.
@@ -61,7 +63,7 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
         work: a.work.parse()?,
         link_listen: a.link_listen,
         dial,
-        build: Build::compiled(),
+        build: Build::compiled(&a.build),
         announce: true,
         // Only in a guest: a host-mode agent would run the commands on the host.
         exec: a.from_cmdline,
@@ -75,7 +77,7 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
     if a.manifest {
-        match serde_json::to_string(&Build::compiled()) {
+        match serde_json::to_string(&Build::compiled(&a.build)) {
             Ok(m) => println!("{m}"),
             Err(e) => {
                 eprintln!("hitless-agent: {e}");

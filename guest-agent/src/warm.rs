@@ -218,7 +218,7 @@ mod tests {
     #[test]
     fn a_crashing_build_does_not_crash_in_its_warm_up() {
         // The crash flaw starts a timer when made active; outside a runtime that would panic.
-        let build = Build::from_cargo_features(&["crash"]);
+        let build = Build::from_cargo_features(&["v2"]).with_args(&["--flaw", "crash"]).unwrap();
         assert!(warm_up(&build).is_ok());
     }
 }

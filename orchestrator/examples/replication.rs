@@ -225,7 +225,7 @@ async fn in_process(args: &Args) -> anyhow::Result<()> {
                 work: Endpoint::Tcp(addrs[i].work),
                 link_listen: addrs[i].link,
                 dial: (i == 1).then_some(addrs[0].link),
-                build: hitless_agent::build::Build::compiled(),
+                build: hitless_agent::build::Build::compiled(&Default::default()),
                 announce: false,
                 warm_up: false,
                 switchover_hold: hitless_agent::agent::SWITCHOVER_HOLD,

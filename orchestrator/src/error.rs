@@ -123,6 +123,14 @@ pub enum InputError {
         /// Its binary.
         agent: PathBuf,
     },
+    /// A version's `agent_args` that the simulated pair's in-process agent does not take.
+    #[error("version {version}: agent_args: {detail}")]
+    AgentArgs {
+        /// The version.
+        version: String,
+        /// What the agent's argument parser said.
+        detail: String,
+    },
     /// An image of a version that cannot be built as asked.
     #[error("image")]
     Image(#[source] ImageError),

@@ -127,6 +127,20 @@ fn hitless_simulate_rehearses_the_upgrade_and_exits_by_its_outcome() {
 }
 
 #[test]
+fn agent_args_the_agent_does_not_take_are_bad_input_naming_the_version() {
+    let t = tempfile::tempdir().unwrap();
+    let yaml = good_yaml().replace("agent_args: [--flaw, bad-eval]", "agent_args: [--flaw, slow]");
+    assert!(yaml.contains("[--flaw, slow]"), "the shipped config changed: {yaml}");
+    let cfg = write_config(t.path(), &yaml);
+    let run_dir = t.path().join("run");
+    let args = ["simulate", "--to", "2.0.0-bad-eval", "--config", &cfg, "--run-dir", run_dir.to_str().unwrap()];
+    let (code, err) = run(&args, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("version 2.0.0-bad-eval: agent_args") && err.contains("slow"), "{err}");
+    assert!(!run_dir.join("transcript.yaml").exists(), "a run started");
+}
+
+#[test]
 fn a_timeout_stops_cleanly_names_the_step_and_exits_124() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");

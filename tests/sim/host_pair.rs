@@ -70,7 +70,7 @@ fn spawn_pair_warm(warm_up: bool) -> [HostAgent; 2] {
             link_listen: link[i],
             // As in the guests, the second processor dials the first.
             dial: (i == 1).then_some(link[0]),
-            build: hitless_agent::build::Build::compiled(),
+            build: hitless_agent::build::Build::compiled(&Default::default()),
             announce: false,
             warm_up,
             exec: false,

@@ -126,6 +126,9 @@ pub struct VersionConfig {
     /// Or: a prebuilt static agent binary (relative to the config file).
     #[serde(default)]
     pub agent: Option<Spanned<PathBuf>>,
+    /// Arguments the app disk starts the agent with (after `--from-cmdline`).
+    #[serde(default)]
+    pub agent_args: Option<Spanned<Vec<String>>>,
     /// Deliberately broken build, for tests only.
     #[serde(default)]
     pub test_only: bool,
@@ -241,15 +244,30 @@ pub enum Version {
     /// Build the bundled agent with Cargo features.
     Build {
         features: Vec<String>,
+        /// Start arguments on the app disk.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        args: Vec<String>,
         /// Test image.
         test_only: bool,
     },
     /// A prebuilt agent binary.
     Prebuilt {
         agent: PathBuf,
+        /// Start arguments on the app disk.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        args: Vec<String>,
         /// Test image.
         test_only: bool,
     },
+}
+
+impl Version {
+    /// The arguments the app disk starts the agent with.
+    pub fn args(&self) -> &[String] {
+        match self {
+            Version::Build { args, .. } | Version::Prebuilt { args, .. } => args,
+        }
+    }
 }
 
 /// Fold `..` and `.` lexically, so that paths in logs and transcripts read well.
@@ -359,8 +377,18 @@ impl Config {
         // Problems with no line to point at.
         let mut unplaced = Vec::new();
         for (name, v) in &raw.versions {
+            let args = v.agent_args.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+            if let Some(a) = &v.agent_args {
+                // The app disk keeps them one per line; init reads them back so.
+                if let Some(arg) = a.value.iter().find(|x| x.is_empty() || x.contains('\n')) {
+                    bad(
+                        a.referenced.line(),
+                        format!("version {name}: agent_args: {arg:?} is empty or spans lines (one argument each)"),
+                    );
+                }
+            }
             let version = match (&v.cargo_features, &v.agent) {
-                (Some(f), None) => Version::Build { features: f.clone(), test_only: v.test_only },
+                (Some(f), None) => Version::Build { features: f.clone(), args, test_only: v.test_only },
                 (None, Some(a)) => {
                     let agent = resolve(&a.value);
                     if !agent.is_file() {
@@ -369,7 +397,7 @@ impl Config {
                             format!("version {name}: agent binary {} does not exist", agent.display()),
                         );
                     }
-                    Version::Prebuilt { agent, test_only: v.test_only }
+                    Version::Prebuilt { agent, args, test_only: v.test_only }
                 }
                 (Some(_), Some(a)) => {
                     bad(a.referenced.line(), format!("version {name}: give either cargo_features or agent, not both"));

@@ -31,7 +31,7 @@ fn defaults_and_derived_values() {
     assert_eq!((c.processors[ProcId::FIRST].cid, c.processors[ProcId::SECOND].cid), (3, 4));
     assert_eq!(c.processors[ProcId::FIRST].link_local(), "fe80::5054:ff:fe00:121");
     assert_eq!(c.evaluation_ms, 1500);
-    assert_eq!(c.versions["2.0.0"], Version::Build { features: vec!["v2".into()], test_only: false });
+    assert_eq!(c.versions["2.0.0"], Version::Build { features: vec!["v2".into()], args: vec![], test_only: false });
     // Relative paths resolve against the config file.
     assert_eq!(c.cache_dir, PathBuf::from("/etc/.cache/images"));
 }
@@ -41,7 +41,12 @@ fn the_shipped_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-configs/pair.yaml");
     let c = Config::load(&path).unwrap();
     assert_eq!(c.proc_id("p122").unwrap(), ProcId::SECOND);
-    assert!(c.versions.contains_key("2.0.0-bad-eval"));
+    // The broken versions are 2.0.0's build started with a flaw: no build of their own.
+    assert_eq!(
+        c.versions["2.0.0-bad-eval"],
+        Version::Build { features: vec!["v2".into()], args: vec!["--flaw".into(), "bad-eval".into()], test_only: true }
+    );
+    assert_eq!(c.versions["2.0.0-crash"].args(), ["--flaw", "crash"]);
     let e = c.version("9.9.9").unwrap_err().to_string();
     assert!(e.contains("version 9.9.9 is not in") && e.contains("known: 1.0.0, 2.0.0"), "{e}");
     let e = c.proc_id("p999").unwrap_err().to_string();
@@ -88,4 +93,22 @@ fn parse_errors_name_line_and_column() {
             .unwrap_err()
             .to_string()
     );
+}
+
+#[test]
+fn agent_args_are_one_line_each() {
+    let with = |args: &str| {
+        GOOD.replace(
+            "2.0.0: { cargo_features: [v2] }",
+            &format!("2.0.0: {{ cargo_features: [v2], agent_args: {args} }}"),
+        )
+    };
+    assert_eq!(parse(&with(r#"[--flaw, "a b"]"#)).unwrap().versions["2.0.0"].args(), ["--flaw", "a b"]);
+    for bad in [r#"[--flaw, "bad\neval"]"#, r#"["", x]"#] {
+        let e = parse(&with(bad)).unwrap_err().to_string();
+        assert!(
+            e.contains("line 12") && e.contains("version 2.0.0: agent_args") && e.contains("one argument each"),
+            "{e}"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! App disks: one ext4 image per software version, holding that version's
-//! agent binary and its manifest — a build of the bundled agent with the
-//! version's Cargo features, or a prebuilt binary the config names.
+//! agent binary, its start arguments (`agent.args`, one per line: the guest's
+//! init passes them on) and its manifest — a build of the bundled agent with
+//! the version's Cargo features, or a prebuilt binary the config names.
+//! Versions that differ only in arguments share one build.
 
 use super::{cached, io, publish, record_checksum, run, scratch, set_mode, short, write, ImageError};
 use crate::config::{Config, Version};
@@ -31,13 +33,19 @@ pub fn app_image(cfg: &Config, version: &str) -> Result<AppImage, ImageError> {
         Version::Prebuilt { agent, .. } => agent.clone(),
     };
     let bytes = std::fs::read(&agent).map_err(io(&agent))?;
-    let manifest_out = run(Command::new(&agent).arg("--manifest"))
+    let args: String = v.args().iter().map(|a| format!("{a}\n")).collect();
+    // Asked with the start arguments: they may change what the agent is (a flaw).
+    let manifest_out = run(Command::new(&agent).arg("--manifest").args(v.args()))
         .map_err(|e| ImageError::Manifest { path: agent.clone(), detail: e.to_string() })?;
     let manifest: serde_json::Value = serde_json::from_slice(&manifest_out)
         .map_err(|e| ImageError::Manifest { path: agent.clone(), detail: e.to_string() })?;
     let mut h = Sha256::new();
     h.update(&bytes);
     h.update(&manifest_out);
+    if !args.is_empty() {
+        // Only when there are any: the disks of versions without keep their names.
+        h.update(args.as_bytes());
+    }
     let path = cfg.cache_dir.join(format!("app-{version}-{}.ext4", short(h)));
     let img = AppImage { version: version.to_string(), path: path.clone(), manifest };
     if cached(&path) {
@@ -50,6 +58,9 @@ pub fn app_image(cfg: &Config, version: &str) -> Result<AppImage, ImageError> {
     write(&root.join("hitless-agent"), &bytes)?;
     set_mode(&root.join("hitless-agent"), 0o755)?;
     write(&root.join("manifest.json"), &manifest_out)?;
+    if !args.is_empty() {
+        write(&root.join("agent.args"), args.as_bytes())?;
+    }
     let size_mib = bytes.len() / (1 << 20) + 8;
     let file = tmp.path().join("app.ext4");
     run(Command::new("mkfs.ext4")

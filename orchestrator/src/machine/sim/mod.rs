@@ -205,7 +205,9 @@ impl SimPair {
 impl Machines for SimPair {
     fn software(&self, version: &str) -> Result<Software, Error> {
         let build = match self.cfg.version(version)? {
-            Version::Build { features, .. } => Build::from_cargo_features(features),
+            Version::Build { features, args, .. } => Build::from_cargo_features(features)
+                .with_args(args)
+                .map_err(|detail| InputError::AgentArgs { version: version.into(), detail })?,
             Version::Prebuilt { agent, .. } => {
                 return Err(InputError::NotSimulable { version: version.into(), agent: agent.clone() }.into())
             }
