@@ -22,7 +22,7 @@ ip link set eth0 up || echo "init: no link NIC (eth0)"
 [ -x /app/hitless-agent ] || { echo "init: no agent on the app disk (/app/hitless-agent)"; poweroff -f; }
 # The version's start arguments, one per line (a test image's flaw).
 set --
-if [ -f /app/agent.args ]; then while IFS= read -r a; do set -- "$@" "$a"; done < /app/agent.args; fi
+if [ -f /app/agent.args ]; then while IFS= read -r a || [ -n "$a" ]; do set -- "$@" "$a"; done < /app/agent.args; fi
 /app/hitless-agent --from-cmdline "$@"
 echo "init: the agent exited (status $?)"
 # The machine stays up, as an OS whose application died would: the

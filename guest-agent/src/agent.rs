@@ -332,7 +332,7 @@ impl Agent {
                     c.standby_attached = false;
                     c.registered = None;
                     if self.build.flaw == Some(Flaw::Crash) {
-                        eprintln!("hitless-agent: deliberate crash soon (test image 2.0.0-crash)");
+                        eprintln!("hitless-agent: deliberate crash soon (started with --flaw crash)");
                         self.crash_after(Duration::from_millis(800));
                     }
                 }
@@ -822,7 +822,7 @@ impl Agent {
             format!("the standby was silent for {} ms (bound {} ms)", ms(silence), ms(bound)),
         );
         if self.build.flaw == Some(Flaw::BadEval) {
-            let why = "self-test failed: this build (test image 2.0.0-bad-eval) is deliberately flawed";
+            let why = "self-test failed: this agent was started with --flaw bad-eval (a test image)";
             check(false, String::new(), why.into());
         }
         let ok = checks.iter().all(|(g, _)| *g);

@@ -78,8 +78,12 @@ impl Build {
     /// the binary parses them; any argument but `--flaw` is an error here.
     pub fn with_args<S: AsRef<str>>(self, args: &[S]) -> Result<Build, String> {
         use clap::Parser;
-        let a = OnlyBuildArgs::try_parse_from(args.iter().map(|a| a.as_ref()))
-            .map_err(|e| e.render().to_string().trim_end().to_string())?;
+        let a = OnlyBuildArgs::try_parse_from(args.iter().map(|a| a.as_ref())).map_err(|e| {
+            // clap's first line says what is wrong; its usage lines name the whole binary's.
+            let said = e.render().to_string();
+            let first = said.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            format!("{first} (the bundled agent takes only --flaw bad-eval|crash here)")
+        })?;
         Ok(Build { flaw: a.build.flaw, ..self })
     }
 }
@@ -100,13 +104,14 @@ mod tests {
         let b = Build::from_cargo_features(&none).with_args(&none).unwrap();
         assert_eq!((b.version.as_str(), b.features.len(), b.flaw), ("1.0.0", 0, None));
         assert_eq!(Build::compiled(&BuildArgs::default()).version, VERSION);
+        assert_eq!(Build::compiled(&BuildArgs { flaw: Some(Flaw::Crash) }).flaw, Some(Flaw::Crash));
     }
 
     #[test]
     fn arguments_that_are_not_a_flaw_are_refused() {
         let b = Build::from_cargo_features(&["v2"]);
         let e = b.clone().with_args(&["--flaw", "slow"]).unwrap_err();
-        assert!(e.contains("slow") && e.contains("bad-eval"), "{e}");
+        assert!(e.contains("slow") && e.contains("--flaw bad-eval|crash") && !e.contains("Usage"), "{e}");
         let e = b.with_args(&["--name", "p121"]).unwrap_err();
         assert!(e.contains("--name"), "{e}");
     }

@@ -117,3 +117,22 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_takes_a_flaw_after_from_cmdline_as_the_init_passes_it() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["hitless-agent", "--from-cmdline", "--flaw", "bad-eval"]).unwrap();
+        assert!(a.from_cmdline);
+        assert_eq!(Build::compiled(&a.build).flaw, Some(build::Flaw::BadEval));
+        let a = Args::try_parse_from(["hitless-agent", "--manifest", "--flaw", "crash"]).unwrap();
+        let manifest = serde_json::to_string(&Build::compiled(&a.build)).unwrap();
+        assert!(manifest.contains(r#""flaw":"crash""#), "{manifest}");
+        assert!(Args::try_parse_from(["hitless-agent", "--flaw", "slow"]).is_err());
+    }
+}

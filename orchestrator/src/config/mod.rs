@@ -380,11 +380,19 @@ impl Config {
             let args = v.agent_args.as_ref().map(|a| a.value.clone()).unwrap_or_default();
             if let Some(a) = &v.agent_args {
                 // The app disk keeps them one per line; init reads them back so.
-                if let Some(arg) = a.value.iter().find(|x| x.is_empty() || x.contains('\n')) {
+                if let Some(arg) = a.value.iter().find(|x| x.is_empty() || x.contains(['\n', '\0'])) {
                     bad(
                         a.referenced.line(),
-                        format!("version {name}: agent_args: {arg:?} is empty or spans lines (one argument each)"),
+                        format!(
+                            "version {name}: agent_args: {arg:?} is empty, spans lines or holds a NUL (one argument each)"
+                        ),
                     );
+                } else if let (Some(f), None) = (&v.cargo_features, &v.agent) {
+                    // The bundled agent's arguments are known here: a typo is bad input now, not a
+                    // failed --manifest after a build.
+                    if let Err(e) = hitless_agent::build::Build::from_cargo_features(f).with_args(&a.value) {
+                        bad(a.referenced.line(), format!("version {name}: agent_args: {e}"));
+                    }
                 }
             }
             let version = match (&v.cargo_features, &v.agent) {

@@ -96,19 +96,21 @@ fn parse_errors_name_line_and_column() {
 }
 
 #[test]
-fn agent_args_are_one_line_each() {
-    let with = |args: &str| {
-        GOOD.replace(
-            "2.0.0: { cargo_features: [v2] }",
-            &format!("2.0.0: {{ cargo_features: [v2], agent_args: {args} }}"),
-        )
-    };
-    assert_eq!(parse(&with(r#"[--flaw, "a b"]"#)).unwrap().versions["2.0.0"].args(), ["--flaw", "a b"]);
-    for bad in [r#"[--flaw, "bad\neval"]"#, r#"["", x]"#] {
-        let e = parse(&with(bad)).unwrap_err().to_string();
-        assert!(
-            e.contains("line 12") && e.contains("version 2.0.0: agent_args") && e.contains("one argument each"),
-            "{e}"
-        );
+fn agent_args_are_one_line_each_and_the_bundled_agent_must_take_them() {
+    let with = |version: &str| GOOD.replace("2.0.0: { cargo_features: [v2] }", &format!("2.0.0: {{ {version} }}"));
+    let c = parse(&with("cargo_features: [v2], agent_args: [--flaw, crash]")).unwrap();
+    assert_eq!(c.versions["2.0.0"].args(), ["--flaw", "crash"]);
+    // A binary of one's own takes what it takes; an argument may hold spaces.
+    let c = parse(&with(r#"agent: /bin/sh, agent_args: [--delay, "a b"]"#)).unwrap();
+    assert_eq!(c.versions["2.0.0"].args(), ["--delay", "a b"]);
+    for (args, says) in [
+        (r#"[--flaw, "bad\neval"]"#, "spans lines"),
+        (r#"["", x]"#, "is empty"),
+        (r#"[--flaw, "a\0"]"#, "NUL"),
+        ("[--flaw, slow]", "--flaw bad-eval|crash"),
+        ("[--dial, x]", "--dial"),
+    ] {
+        let e = parse(&with(&format!("cargo_features: [v2], agent_args: {args}"))).unwrap_err().to_string();
+        assert!(e.contains("line 12: version 2.0.0: agent_args") && e.contains(says), "{args}: {e}");
     }
 }

@@ -93,6 +93,10 @@ fn build_agent(cfg: &Config, features: &[String]) -> Result<PathBuf, ImageError>
     // Copy out at once: the next feature set's build overwrites the same path.
     let label = if features.is_empty() { "default".to_string() } else { features.join("+") };
     let out = target_dir.join(format!("hitless-agent-{label}"));
-    std::fs::copy(&built, &out).map_err(io(&built))?;
+    // Whole or not at all: versions that share a build copy it out again, and
+    // another hitless may be reading the last copy.
+    let part = target_dir.join(format!(".hitless-agent-{label}.{}", std::process::id()));
+    std::fs::copy(&built, &part).map_err(io(&part))?;
+    std::fs::rename(&part, &out).map_err(io(&out))?;
     Ok(out)
 }

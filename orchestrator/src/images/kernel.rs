@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// About how many lines `make vmlinux` writes for this config (one per build step): the progress denominator.
-const BUILD_STEPS: usize = 1750;
+const BUILD_STEPS: usize = 1360;
 /// How often a running build reports how far it got.
 const PROGRESS_EVERY: Duration = Duration::from_secs(20);
 /// The remembered digest of the kernel source tarball, in the image cache.

@@ -2,7 +2,7 @@
 //! directory. One **boot image** for all versions ([`boot`]: a kernel and an
 //! initramfs with busybox, the modules the devices need and the init), plus
 //! one **app disk** per software version ([`app`]: ext4 holding that
-//! version's agent binary and manifest). The kernel is either built from
+//! version's agent binary, manifest and start arguments). The kernel is either built from
 //! Debian's kernel source package ([`kernel`], the default) or Debian's
 //! packaged cloud kernel. Everything is cached by the content of its inputs,
 //! so a second build does nothing.

@@ -1,5 +1,6 @@
 //! The simulated pair: each processor is a real agent (this workspace's
-//! `hitless-agent`, with the build its version's Cargo features name) running
+//! `hitless-agent`, with the build its version's Cargo features and
+//! `agent_args` name) running
 //! in this process on its own thread and Tokio runtime, reached over loopback
 //! TCP through [`net`]'s gated proxies. Stopping a processor shuts its
 //! runtime down, so every socket it held closes as when a VM goes down;
