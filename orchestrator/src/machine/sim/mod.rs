@@ -206,6 +206,7 @@ impl SimPair {
 impl Machines for SimPair {
     fn software(&self, version: &str) -> Result<Software, Error> {
         let build = match self.cfg.version(version)? {
+            // Config::parse already refused arguments this parse refuses (the same call): a guard only.
             Version::Build { features, args, .. } => Build::from_cargo_features(features)
                 .with_args(args)
                 .map_err(|detail| InputError::AgentArgs { version: version.into(), detail })?,
