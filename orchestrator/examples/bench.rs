@@ -8,7 +8,10 @@
 //! the built kernel's upgraded pair, ack latency one request at a time,
 //! replicated work-unit throughput and ack latency at that load, the same on the active alone (its standby out of service: what
 //! replication over the link costs), and unplanned failover (the active killed). Every figure is
-//! printed with its target and its ratio to it.
+//! printed with its target and its ratio to it. Last, what this machine
+//! lends every figure: how long it takes one thread to wake another, idle,
+//! across CPUs (each hop of the work path at light load pays it, several
+//! times), and how much of its CPU time its own hypervisor stole meanwhile.
 
 use hitless::config::{Config, KernelChoice};
 use hitless::events::{Event, Events};
@@ -32,6 +35,41 @@ fn median(v: &[f64]) -> f64 {
     } else {
         v[v.len() / 2]
     }
+}
+
+/// Wake-up latency between two threads of this host: one byte there and
+/// back over a socket pair, `rounds` times, 2 ms apart (so both sleep in
+/// between, as the work path's processes do at light load). Round trips in µs.
+fn wake_ups(rounds: usize) -> std::io::Result<Vec<f64>> {
+    use std::io::{Read, Write};
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while matches!(b.read(&mut byte), Ok(1)) {
+            if b.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let mut rtts = Vec::with_capacity(rounds);
+    let mut byte = [0u8; 1];
+    for _ in 0..rounds {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let t = Instant::now();
+        a.write_all(&byte)?;
+        a.read_exact(&mut byte)?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(a);
+    let _ = echo.join();
+    Ok(rtts)
+}
+
+/// The `q` quantile of `v`.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
 
 fn max(v: &[f64]) -> f64 {
@@ -123,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(std::path::Path::new(&cfg_path))?;
     let with_kernel = |kernel| Config { kernel, ..cfg.clone() };
     let runs = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(RUNS);
+    let cpu_before = hitless::platform::CpuTimes::now();
     let (mut built, mut debian, mut load) = (Side::default(), Side::default(), Load::default());
     let mut accel = String::new();
     // Interleaved, so that both kernels see the same machine over time.
@@ -222,5 +261,27 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("    of which loss confirmed -> standby promoted: median {:.0} ms", median(&promoted));
     println!("  failover runs not as expected (lost work, or not rolled back): {fo_failed} of {runs}");
+
+    println!();
+    println!("this machine, under every figure above:");
+    let rtts = wake_ups(500)?;
+    println!(
+        "  one thread waking another (a byte there and back, 2 ms apart): median {:.0} µs  p99 {:.0} µs  max {:.0} µs",
+        quantile(&rtts, 0.5),
+        quantile(&rtts, 0.99),
+        max(&rtts)
+    );
+    match (cpu_before, hitless::platform::CpuTimes::now()) {
+        (Some(a), Some(b)) => {
+            let stolen = b.stolen_since(&a) * 100.0;
+            let note = if stolen >= 5.0 {
+                ": this machine shares its CPUs, and its neighbours slowed these figures; compare runs only with like steal"
+            } else {
+                ""
+            };
+            println!("  CPU time its hypervisor stole during the bench: {stolen:.1}%{note}");
+        }
+        _ => println!("  CPU time stolen by a hypervisor: unknown (no /proc/stat)"),
+    }
     Ok(())
 }

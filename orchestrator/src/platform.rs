@@ -195,9 +195,62 @@ pub fn tsc_khz_from(dmesg: &str, cpuinfo: &str) -> Option<u64> {
         .or_else(|| cpuinfo.lines().filter(|l| l.starts_with("cpu MHz")).find_map(|l| khz(l.split(':').nth(1)?)))
 }
 
+/// The host's CPU time so far, all CPUs together, in clock ticks (`/proc/stat`'s
+/// first line). On a virtual machine sharing its CPUs, "steal" is the time its
+/// hypervisor ran something else while this machine wanted to run: timings
+/// taken while it grows measure the neighbours too (`make bench` says how much).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// Every state: user, nice, system, idle, iowait, irq, softirq, steal.
+    pub total: u64,
+    /// Stolen by the hypervisor.
+    pub steal: u64,
+}
+
+impl CpuTimes {
+    /// Now, or `None` where there is no `/proc/stat`.
+    pub fn now() -> Option<CpuTimes> {
+        CpuTimes::from_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// From the text of `/proc/stat` (guest time is already counted in user time).
+    pub fn from_proc_stat(text: &str) -> Option<CpuTimes> {
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some("cpu"))?;
+        let v: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+        // Kernels before 2.6.11 have no steal column: none stolen.
+        Some(CpuTimes { total: v.iter().sum(), steal: v.get(7).copied().unwrap_or(0) })
+    }
+
+    /// The share of the CPU time since `earlier` that was stolen (0 when none passed).
+    pub fn stolen_since(&self, earlier: &CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stolen_cpu_time_is_read_from_proc_stat() {
+        let at = |user: u64, idle: u64, steal: u64| {
+            format!("cpu  {user} 0 100 {idle} 5 0 3 {steal} 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 99\n")
+        };
+        let a = CpuTimes::from_proc_stat(&at(1000, 5000, 50)).unwrap_or_default();
+        assert_eq!(a, CpuTimes { total: 1000 + 100 + 5000 + 5 + 3 + 50, steal: 50 });
+        let b = CpuTimes::from_proc_stat(&at(1300, 5500, 250)).unwrap_or_default();
+        // 1000 ticks passed, 200 of them stolen.
+        assert!((b.stolen_since(&a) - 0.2).abs() < 1e-9, "{}", b.stolen_since(&a));
+        assert_eq!(a.stolen_since(&a), 0.0);
+        assert_eq!(CpuTimes::from_proc_stat("cpu0 1 2 3\n"), None);
+        assert_eq!(CpuTimes::from_proc_stat("cpu  1 2 x 4\n"), None);
+        // An old kernel without the steal column.
+        assert_eq!(CpuTimes::from_proc_stat("cpu  1 2 3 4\n"), Some(CpuTimes { total: 10, steal: 0 }));
+    }
 
     #[test]
     fn the_tsc_frequency_comes_from_the_best_source_there_is() {
