@@ -9,9 +9,9 @@
 //! replicated work-unit throughput and ack latency at that load, the same on the active alone (its standby out of service: what
 //! replication over the link costs), and unplanned failover (the active killed). Every figure is
 //! printed with its target and its ratio to it. Last, what this machine
-//! lends every figure: how long it takes one thread to wake another, idle,
-//! across CPUs (each hop of the work path at light load pays it, several
-//! times), and how much of its CPU time its own hypervisor stole meanwhile.
+//! lends every figure: how long one thread takes to wake another after both
+//! slept (each hop of the work path at light load wakes at least one thread),
+//! and how much of its CPU time its own hypervisor stole meanwhile.
 
 use hitless::config::{Config, KernelChoice};
 use hitless::events::{Event, Events};
