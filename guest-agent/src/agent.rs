@@ -610,6 +610,10 @@ impl Agent {
                     c.role = Role::Standby;
                     c.synced = false;
                     c.standby_generation = 0;
+                    // What its standby never registered is not in the newer active's
+                    // state: acked (as detaching would), it would be reported done
+                    // and lost. Refused, its clients retry at the new active.
+                    Self::refuse_pending(&mut c);
                     Self::detach_standby(&mut c);
                     self.announce(&mut c);
                 }

@@ -413,3 +413,25 @@ fn a_full_database_rejects_new_work_and_the_pair_goes_on() {
     // Without a bound nothing says so.
     assert_eq!(Wire::paired().a.status().request_ids, None);
 }
+
+#[test]
+fn an_active_that_meets_a_newer_active_refuses_what_the_new_one_lacks() {
+    let mut w = Wire::paired();
+    w.open(1);
+    w.pump(|_| false);
+    assert_eq!(w.acks(), [("w1".into(), true)]);
+    // w2's update never reaches p122, which is then made active at a newer
+    // epoch (by an orchestrator that took p121 for dead, say): p122 lacks w2.
+    w.open(2);
+    while w.to_b.try_recv().is_ok() {}
+    w.b.set_role(Role::Active, 5).unwrap();
+    // p122's hello reaches p121, which steps down and is stepped up by p122.
+    w.pump(|_| false);
+    assert_eq!(w.a.hello().role, Role::Standby);
+    assert!(w.same_state());
+    // Acked, w2 would be reported done while the active lacks it: it is
+    // refused instead, and its client retries at p122.
+    let r = w.replies.try_recv().unwrap();
+    assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w2"), "{r:?}");
+    assert!(w.replies.try_recv().is_err());
+}
