@@ -276,7 +276,15 @@ impl Agent {
         }
         c.standby_attached = false;
         c.registered = None;
-        Self::release(c, None, false);
+        if c.role == Role::Active {
+            // Simplex: this processor holds the state and goes on alone.
+            Self::release(c, None, false);
+        } else {
+            // A demoted (or stepped-down) active: whoever is active next may
+            // lack what its standby never registered. Acked, that would be
+            // reported done and lost; refused, its clients retry there.
+            Self::refuse_pending(c);
+        }
     }
 
     /// Step up the peer if this processor is active and the peer is a standby we
@@ -610,10 +618,7 @@ impl Agent {
                     c.role = Role::Standby;
                     c.synced = false;
                     c.standby_generation = 0;
-                    // What its standby never registered is not in the newer active's
-                    // state: acked (as detaching would), it would be reported done
-                    // and lost. Refused, its clients retry at the new active.
-                    Self::refuse_pending(&mut c);
+                    // Detached as a standby: what was never registered is refused.
                     Self::detach_standby(&mut c);
                     self.announce(&mut c);
                 }
@@ -694,6 +699,9 @@ impl Agent {
                     Self::send_peer(&mut c, LinkMsg::Resync { reason });
                     return LinkAction::None;
                 }
+                // The new active continues this history to `seq`: everything a demoted
+                // active still waited on is in its state, as good as registered.
+                Self::release(&mut c, Some(seq), true);
                 Self::detach_standby(&mut c);
                 c.standby_generation = generation;
                 c.synced = true;

@@ -435,3 +435,57 @@ fn an_active_that_meets_a_newer_active_refuses_what_the_new_one_lacks() {
     assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w2"), "{r:?}");
     assert!(w.replies.try_recv().is_err());
 }
+
+#[test]
+fn a_demoted_active_stepped_up_mid_flush_refuses_what_the_new_active_lacks() {
+    let mut w = Wire::paired();
+    w.open(1);
+    // w1's update is lost; p121 is demoted while it waits for w1's registration.
+    while w.to_b.try_recv().is_ok() {}
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.pump(|_| false);
+    // p122, promoted without w1, steps p121 up with its own state (a second
+    // orchestrator, or a demotion sent again while the first still flushes).
+    w.b.set_role(Role::Active, 4).unwrap();
+    w.pump(|_| false);
+    assert!(w.same_state());
+    let r = w.replies.try_recv().unwrap();
+    assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w1"), "{r:?}");
+    assert!(w.replies.try_recv().is_err());
+}
+
+#[test]
+fn a_demoted_active_whose_link_is_replaced_refuses_what_was_in_flight() {
+    let mut w = Wire::paired();
+    w.open(1);
+    while w.to_b.try_recv().is_ok() {}
+    w.a.set_role(Role::Standby, 3).unwrap();
+    // The peer redials (its reader timed out on a stalled p121) before the old connection's end is seen.
+    w.a.link_up(unbounded_channel().0);
+    let r = w.replies.try_recv().unwrap();
+    assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w1"), "{r:?}");
+}
+
+#[test]
+fn a_demoted_active_confirmed_by_history_chain_acks_what_the_new_active_holds_as_registered() {
+    let mut w = Wire::paired();
+    w.open(1);
+    // w1 reaches p122, its registration does not reach p121.
+    while let Ok(m) = w.to_b.try_recv() {
+        let _ = w.b.on_link(m);
+    }
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.pump(|_| false);
+    // p122 holds w1 at the same seq and chain: it continues p121's history.
+    let to_a = switch_over_promoting_b(&mut w);
+    assert!(to_a.iter().any(|m| matches!(m, LinkMsg::Continue { .. })), "{to_a:?}");
+    assert_eq!(w.acks(), [("w1".into(), true)]);
+}
+
+/// Promote p122 (p121 already demoted) and deliver; what reached p121.
+fn switch_over_promoting_b(w: &mut Wire) -> Vec<LinkMsg> {
+    w.b.set_role(Role::Active, 4).unwrap();
+    w.to_a_log.clear();
+    w.pump(|_| false);
+    std::mem::take(&mut w.to_a_log)
+}
