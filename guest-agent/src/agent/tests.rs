@@ -121,6 +121,18 @@ impl Wire {
         out
     }
 
+    /// Lose what is queued for p122 (updates in flight).
+    fn lose_to_b(&mut self) {
+        while self.to_b.try_recv().is_ok() {}
+    }
+
+    /// The one reply left is "not active" for `id`: its client retries elsewhere.
+    fn refused_only(&mut self, id: &str) {
+        let r = self.replies.try_recv().unwrap();
+        assert!(matches!(r, WorkReply::NotActive { id: ref got, .. } if got == id), "{r:?}");
+        assert!(self.replies.try_recv().is_err());
+    }
+
     fn same_state(&self) -> bool {
         self.a.dump() == self.b.dump()
     }
@@ -281,9 +293,7 @@ fn a_demoted_active_whose_standby_dies_refuses_what_was_in_flight() {
     w.a.set_role(Role::Standby, 3).unwrap();
     // The standby dies before registering w1: it was never acked, so the client is told to go elsewhere.
     w.a.link_down(w.a_conn, "peer gone");
-    let r = w.replies.try_recv().unwrap();
-    assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w1"), "{r:?}");
-    assert!(w.replies.try_recv().is_err());
+    w.refused_only("w1");
 }
 
 /// Switch roles: p121 demoted (it keeps its state), p122 promoted.
@@ -423,7 +433,7 @@ fn an_active_that_meets_a_newer_active_refuses_what_the_new_one_lacks() {
     // w2's update never reaches p122, which is then made active at a newer
     // epoch (by an orchestrator that took p121 for dead, say): p122 lacks w2.
     w.open(2);
-    while w.to_b.try_recv().is_ok() {}
+    w.lose_to_b();
     w.b.set_role(Role::Active, 5).unwrap();
     // p122's hello reaches p121, which steps down and is stepped up by p122.
     w.pump(|_| false);
@@ -431,9 +441,7 @@ fn an_active_that_meets_a_newer_active_refuses_what_the_new_one_lacks() {
     assert!(w.same_state());
     // Acked, w2 would be reported done while the active lacks it: it is
     // refused instead, and its client retries at p122.
-    let r = w.replies.try_recv().unwrap();
-    assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w2"), "{r:?}");
-    assert!(w.replies.try_recv().is_err());
+    w.refused_only("w2");
 }
 
 #[test]
@@ -441,7 +449,7 @@ fn a_demoted_active_stepped_up_mid_flush_refuses_what_the_new_active_lacks() {
     let mut w = Wire::paired();
     w.open(1);
     // w1's update is lost; p121 is demoted while it waits for w1's registration.
-    while w.to_b.try_recv().is_ok() {}
+    w.lose_to_b();
     w.a.set_role(Role::Standby, 3).unwrap();
     w.pump(|_| false);
     // p122, promoted without w1, steps p121 up with its own state (a second
@@ -449,21 +457,18 @@ fn a_demoted_active_stepped_up_mid_flush_refuses_what_the_new_active_lacks() {
     w.b.set_role(Role::Active, 4).unwrap();
     w.pump(|_| false);
     assert!(w.same_state());
-    let r = w.replies.try_recv().unwrap();
-    assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w1"), "{r:?}");
-    assert!(w.replies.try_recv().is_err());
+    w.refused_only("w1");
 }
 
 #[test]
 fn a_demoted_active_whose_link_is_replaced_refuses_what_was_in_flight() {
     let mut w = Wire::paired();
     w.open(1);
-    while w.to_b.try_recv().is_ok() {}
+    w.lose_to_b();
     w.a.set_role(Role::Standby, 3).unwrap();
     // The peer redials (its reader timed out on a stalled p121) before the old connection's end is seen.
     w.a.link_up(unbounded_channel().0);
-    let r = w.replies.try_recv().unwrap();
-    assert!(matches!(r, WorkReply::NotActive { ref id, .. } if id == "w1"), "{r:?}");
+    w.refused_only("w1");
 }
 
 #[test]
