@@ -203,7 +203,7 @@ async fn enabled_features(tb: &Testbed) -> FeatureSet {
 impl<'a> Run<'a> {
     /// Check the plan against the testbed and start the workload: a missing or
     /// broken image must fail here, before anything changes.
-    fn start(
+    pub(super) fn start(
         tb: &'a mut Testbed,
         plan: Plan,
         workload: bool,

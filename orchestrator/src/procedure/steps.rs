@@ -168,6 +168,8 @@ impl Run<'_> {
                 self.tb.name(old)
             ));
             self.tb.stop(old).await;
+        } else {
+            self.hand_back_what_new_lacks(old, new).await?;
         }
         // Counted before the promotion is sent: a cancel may abandon this step while
         // the new active already serves, and its acks must not look like a second active.
@@ -181,6 +183,38 @@ impl Run<'_> {
             self.tb.wait_standby_current(old).await?;
         }
         Ok(())
+    }
+
+    /// After `old`'s demotion, before `new` is promoted: `new` must hold all
+    /// that `old` applied. It does, unless `old` ran alone after the currency
+    /// check above — paused past the link's timeout, say, it acked work on
+    /// resuming that `new` never got (a promoted `new` would step `old` up with
+    /// its own state, and that work would be lost). Then `old` is made active
+    /// again until it sees `new` current, and demoted again (twice at most).
+    async fn hand_back_what_new_lacks(&mut self, old: ProcId, new: ProcId) -> Result<(), Error> {
+        let mut handed_back = 0;
+        loop {
+            // Both at once: this sits between the demotion and the promotion, in the service gap.
+            let (o, n) = tokio::join!(self.tb.agents().status(old), self.tb.agents().status(new));
+            // Either one unreachable now: the promotion goes on, or fails, as it would have.
+            let (Ok(o), Ok(n)) = (o, n) else { return Ok(()) };
+            let (o, n) = (o.replication.seq, n.replication);
+            // A standby that is not current is refused promotion by its agent: nothing to do here.
+            if !n.synced || n.seq >= o {
+                return Ok(());
+            }
+            let (old_name, new_name) = (self.tb.name(old).to_string(), self.tb.name(new).to_string());
+            let lacks =
+                format!("{new_name} holds updates up to {}, {old_name} applied up to {o} (it ran alone)", n.seq);
+            if handed_back == 2 {
+                return Err(self.refused(new, format!("{lacks}: not promoted")));
+            }
+            handed_back += 1;
+            self.tb.events().progress(format!("{lacks}: {old_name} is made active again until {new_name} holds them"));
+            self.tb.set_role(old, Role::Active).await?;
+            self.tb.wait_seen_current(old).await?;
+            self.tb.set_role(old, Role::Standby).await?;
+        }
     }
 
     /// Step 204's verdict: the agent's evaluation plus the orchestrator's own checks.
@@ -274,3 +308,6 @@ impl Run<'_> {
         Err(self.refused(self.first, format!("could not bring both processors back to {from}")))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+//! The switchover against an active that acked work alone after the
+//! currency check, on the simulated pair (real agents in-process).
+#![allow(clippy::unwrap_used)]
+
+use super::super::journal::plan;
+use super::super::run::Run;
+use super::super::table::Step;
+use crate::config::Config;
+use crate::events::Events;
+use crate::machine::{LinkDir, Machines};
+use crate::pair::ProcId;
+use crate::rundir::RunDir;
+use crate::testbed::Testbed;
+use std::time::{Duration, Instant};
+
+async fn seq(tb: &Testbed, p: ProcId) -> u64 {
+    tb.agents().status(p).await.unwrap().replication.seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_that_acked_work_alone_after_the_currency_check_hands_it_over_before_the_promotion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-configs/pair.yaml")).unwrap();
+    let mut tb = Testbed::simulated(cfg, RunDir::new(tmp.path().join("run")), Events::new()).await.unwrap();
+    let (old, new) = (ProcId::FIRST, ProcId::SECOND);
+    let pair = tb.simulated_pair().unwrap();
+
+    // The link is cut: past its timeout the active runs alone and acks work its standby never gets.
+    tb.machines().set_link(old, LinkDir::Both, false).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !tb.agents().status(old).await.unwrap().replication.simplex {
+        assert!(Instant::now() < deadline, "the active never went simplex");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let f = crate::load::measure(tb.agents().channel(old), 1, 1, Duration::from_millis(300)).await.unwrap();
+    assert!(f.simplex > 0, "no work acked alone");
+    let acked = seq(&tb, old).await;
+    assert!(seq(&tb, new).await < acked);
+
+    // Paused as the switchover begins, it cannot be asked whether its standby is
+    // current; it is demoted once resumed, the link still cut, with nothing in flight.
+    pair.hold(old, true);
+    let undo = pair.clone();
+    let faults = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        undo.hold(old, false);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        undo.link_dir(old, LinkDir::Both, true);
+    });
+    let plan = plan(&tb, "2.0.0").await.unwrap();
+    let mut run = Run::start(&mut tb, plan, false, None, None, Vec::new()).unwrap();
+    run.switch_over(old, new, Step::SwitchOverAndEvaluate).await.unwrap();
+    drop(run);
+    faults.await.unwrap();
+
+    // Promoted, the new active holds everything the old one acked.
+    let s = tb.agents().status(new).await.unwrap();
+    assert_eq!(s.hello.role, hitless_protocol::Role::Active);
+    assert!(s.replication.seq >= acked, "the new active holds updates up to {}, {acked} were acked", s.replication.seq);
+}
