@@ -424,10 +424,15 @@ impl Agent {
 
     /// After a demotion from active: wait (bounded) until the standby registered everything in flight.
     pub async fn flush(&self) -> Result<(), String> {
-        if self.wait_for(FLUSH_TIMEOUT, |c| c.pending.is_empty()).await {
+        // Made active again meanwhile (the orchestrator handing work back): the
+        // pending work is an active's again, to register and ack.
+        if self.wait_for(FLUSH_TIMEOUT, |c| c.pending.is_empty() || c.role == Role::Active).await {
             return Ok(());
         }
         let mut c = self.lock();
+        if c.role == Role::Active {
+            return Ok(());
+        }
         let n = Self::refuse_pending(&mut c);
         if n == 0 {
             return Ok(());

@@ -9,7 +9,7 @@
 //! replicated work-unit throughput and ack latency at that load, the same on the active alone (its standby out of service: what
 //! replication over the link costs), and unplanned failover (the active killed). Every figure is
 //! printed with its target and its ratio to it. Last, what this machine
-//! lends every figure: how long one thread takes to wake another after both
+//! lends every figure: how long two threads take to wake each other after both
 //! slept (each hop of the work path at light load wakes at least one thread),
 //! and how much of its CPU time its own hypervisor stole meanwhile.
 
@@ -263,10 +263,10 @@ async fn main() -> anyhow::Result<()> {
     println!("  failover runs not as expected (lost work, or not rolled back): {fo_failed} of {runs}");
 
     println!();
-    println!("this machine, under every figure above:");
+    println!("this machine (measured after the figures above):");
     let rtts = wake_ups(500)?;
     println!(
-        "  one thread waking another (a byte there and back, 2 ms apart): median {:.0} µs  p99 {:.0} µs  max {:.0} µs",
+        "  two threads waking each other (a byte there and back, 2 ms apart): median {:.0} µs  p99 {:.0} µs  max {:.0} µs",
         quantile(&rtts, 0.5),
         quantile(&rtts, 0.99),
         max(&rtts)

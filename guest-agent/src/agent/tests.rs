@@ -494,3 +494,22 @@ fn switch_over_promoting_b(w: &mut Wire) -> Vec<LinkMsg> {
     w.pump(|_| false);
     std::mem::take(&mut w.to_a_log)
 }
+
+#[tokio::test]
+async fn a_flush_ends_when_its_demoted_active_is_made_active_again_and_refuses_nothing() {
+    let mut w = Wire::paired();
+    w.open(1);
+    w.lose_to_b();
+    w.a.set_role(Role::Standby, 3).unwrap();
+    // The orchestrator makes it active again (a hand-back) while its flush still waits for w1.
+    let promote = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        w.a.set_role(Role::Active, 5).unwrap();
+    };
+    let (flushed, ()) = tokio::time::timeout(Duration::from_secs(1), async { tokio::join!(w.a.flush(), promote) })
+        .await
+        .expect("the flush went on waiting on an active processor");
+    assert_eq!(flushed, Ok(()));
+    // w1 is still the active's to register and ack: nobody was told "not active".
+    assert!(w.replies.try_recv().is_err());
+}

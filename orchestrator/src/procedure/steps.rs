@@ -186,28 +186,32 @@ impl Run<'_> {
     }
 
     /// After `old`'s demotion, before `new` is promoted: `new` must hold all
-    /// that `old` applied. It does, unless `old` ran alone after the currency
-    /// check above — paused past the link's timeout, say, it acked work on
-    /// resuming that `new` never got (a promoted `new` would step `old` up with
-    /// its own state, and that work would be lost). Then `old` is made active
-    /// again until it sees `new` current, and demoted again (twice at most).
+    /// that `old` applied. It does, unless `old` ran alone when the currency
+    /// check above was skipped or since — paused as the switchover began, say,
+    /// it resumed past the link's timeout and acked work simplex that `new`
+    /// never got (promoted, `new` would step `old` up with its own state, and
+    /// that work would be lost). Then `old` is made active again until it sees
+    /// `new` current, and demoted again; twice at most, after which `old` is
+    /// left active and the step fails.
     async fn hand_back_what_new_lacks(&mut self, old: ProcId, new: ProcId) -> Result<(), Error> {
         let mut handed_back = 0;
         loop {
             // Both at once: this sits between the demotion and the promotion, in the service gap.
             let (o, n) = tokio::join!(self.tb.agents().status(old), self.tb.agents().status(new));
-            // Either one unreachable now: the promotion goes on, or fails, as it would have.
-            let (Ok(o), Ok(n)) = (o, n) else { return Ok(()) };
-            let (o, n) = (o.replication.seq, n.replication);
+            // An unreachable `new` fails its promotion anyway; an unreachable `old`
+            // may hold work nobody else has, so nothing is promoted without knowing.
+            let Ok(n) = n else { return Ok(()) };
+            let o = o?.replication.seq;
+            let n = n.replication;
             // A standby that is not current is refused promotion by its agent: nothing to do here.
             if !n.synced || n.seq >= o {
                 return Ok(());
             }
             let (old_name, new_name) = (self.tb.name(old).to_string(), self.tb.name(new).to_string());
-            let lacks =
-                format!("{new_name} holds updates up to {}, {old_name} applied up to {o} (it ran alone)", n.seq);
+            let lacks = format!("{new_name} lacks updates {} to {o} that {old_name} applied", n.seq + 1);
             if handed_back == 2 {
-                return Err(self.refused(new, format!("{lacks}: not promoted")));
+                self.tb.set_role(old, Role::Active).await?;
+                return Err(self.refused(new, format!("{lacks}, after two hand-backs: not promoted")));
             }
             handed_back += 1;
             self.tb.events().progress(format!("{lacks}: {old_name} is made active again until {new_name} holds them"));

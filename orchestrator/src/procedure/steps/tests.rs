@@ -21,7 +21,8 @@ async fn seq(tb: &Testbed, p: ProcId) -> u64 {
 async fn an_active_that_acked_work_alone_after_the_currency_check_hands_it_over_before_the_promotion() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-configs/pair.yaml")).unwrap();
-    let mut tb = Testbed::simulated(cfg, RunDir::new(tmp.path().join("run")), Events::new()).await.unwrap();
+    let events = Events::new();
+    let mut tb = Testbed::simulated(cfg, RunDir::new(tmp.path().join("run")), events.clone()).await.unwrap();
     let (old, new) = (ProcId::FIRST, ProcId::SECOND);
     let pair = tb.simulated_pair().unwrap();
 
@@ -53,7 +54,12 @@ async fn an_active_that_acked_work_alone_after_the_currency_check_hands_it_over_
     drop(run);
     faults.await.unwrap();
 
-    // Promoted, the new active holds everything the old one acked.
+    // The old active was made active again to hand its work over ...
+    let handed_back = events.entries().into_iter().any(
+        |e| matches!(e.event, crate::events::Event::Progress { ref message } if message.contains("is made active again")),
+    );
+    assert!(handed_back, "the switchover did not hand the work back");
+    // ... and, promoted, the new active holds everything the old one acked.
     let s = tb.agents().status(new).await.unwrap();
     assert_eq!(s.hello.role, hitless_protocol::Role::Active);
     assert!(s.replication.seq >= acked, "the new active holds updates up to {}, {acked} were acked", s.replication.seq);
