@@ -198,10 +198,15 @@ impl Run<'_> {
         loop {
             // Both at once: this sits between the demotion and the promotion, in the service gap.
             let (o, n) = tokio::join!(self.tb.agents().status(old), self.tb.agents().status(new));
-            // An unreachable `new` fails its promotion anyway; an unreachable `old`
-            // may hold work nobody else has, so nothing is promoted without knowing.
+            // An unreachable `new` fails its promotion anyway, and a dead `old`
+            // has nothing left to hand over; but a running `old` that cannot be
+            // read may hold work nobody else has: nothing is promoted blind.
             let Ok(n) = n else { return Ok(()) };
-            let o = o?.replication.seq;
+            let o = match o {
+                Ok(o) => o.replication.seq,
+                Err(_) if !self.tb.alive(old) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
             let n = n.replication;
             // A standby that is not current is refused promotion by its agent: nothing to do here.
             if !n.synced || n.seq >= o {
