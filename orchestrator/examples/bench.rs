@@ -28,13 +28,7 @@ const LOAD: (usize, usize, std::time::Duration) = (4, 32, std::time::Duration::f
 const SINGLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
+    quantile(v, 0.5)
 }
 
 /// Wake-up latency between two threads of this host: one byte there and

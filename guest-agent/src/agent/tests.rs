@@ -121,6 +121,15 @@ impl Wire {
         out
     }
 
+    /// Paired; w1 applied by p121, its update lost, and p121 demoted while it waits for w1's registration.
+    fn demoted_with_w1_in_flight() -> Wire {
+        let mut w = Wire::paired();
+        w.open(1);
+        w.lose_to_b();
+        w.a.set_role(Role::Standby, 3).unwrap();
+        w
+    }
+
     /// Lose what is queued for p122 (updates in flight).
     fn lose_to_b(&mut self) {
         while self.to_b.try_recv().is_ok() {}
@@ -446,11 +455,7 @@ fn an_active_that_meets_a_newer_active_refuses_what_the_new_one_lacks() {
 
 #[test]
 fn a_demoted_active_stepped_up_mid_flush_refuses_what_the_new_active_lacks() {
-    let mut w = Wire::paired();
-    w.open(1);
-    // w1's update is lost; p121 is demoted while it waits for w1's registration.
-    w.lose_to_b();
-    w.a.set_role(Role::Standby, 3).unwrap();
+    let mut w = Wire::demoted_with_w1_in_flight();
     w.pump(|_| false);
     // p122, promoted without w1, steps p121 up with its own state (a second
     // orchestrator, or a demotion sent again while the first still flushes).
@@ -462,10 +467,7 @@ fn a_demoted_active_stepped_up_mid_flush_refuses_what_the_new_active_lacks() {
 
 #[test]
 fn a_demoted_active_whose_link_is_replaced_refuses_what_was_in_flight() {
-    let mut w = Wire::paired();
-    w.open(1);
-    w.lose_to_b();
-    w.a.set_role(Role::Standby, 3).unwrap();
+    let mut w = Wire::demoted_with_w1_in_flight();
     // The peer redials (its reader timed out on a stalled p121) before the old connection's end is seen.
     w.a.link_up(unbounded_channel().0);
     w.refused_only("w1");
@@ -497,10 +499,7 @@ fn switch_over_promoting_b(w: &mut Wire) -> Vec<LinkMsg> {
 
 #[tokio::test]
 async fn a_flush_ends_when_its_demoted_active_is_made_active_again_and_refuses_nothing() {
-    let mut w = Wire::paired();
-    w.open(1);
-    w.lose_to_b();
-    w.a.set_role(Role::Standby, 3).unwrap();
+    let mut w = Wire::demoted_with_w1_in_flight();
     // The orchestrator makes it active again (a hand-back) while its flush still waits for w1.
     let promote = async {
         tokio::time::sleep(Duration::from_millis(20)).await;

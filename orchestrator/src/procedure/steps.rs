@@ -214,13 +214,16 @@ impl Run<'_> {
             }
             let (old_name, new_name) = (self.tb.name(old).to_string(), self.tb.name(new).to_string());
             let lacks = format!("{new_name} lacks updates {} to {o} that {old_name} applied", n.seq + 1);
+            if handed_back < 2 {
+                self.tb
+                    .events()
+                    .progress(format!("{lacks}: {old_name} is made active again until {new_name} holds them"));
+            }
+            self.tb.set_role(old, Role::Active).await?;
             if handed_back == 2 {
-                self.tb.set_role(old, Role::Active).await?;
                 return Err(self.refused(new, format!("{lacks}, after two hand-backs: not promoted")));
             }
             handed_back += 1;
-            self.tb.events().progress(format!("{lacks}: {old_name} is made active again until {new_name} holds them"));
-            self.tb.set_role(old, Role::Active).await?;
             self.tb.wait_seen_current(old).await?;
             self.tb.set_role(old, Role::Standby).await?;
         }
