@@ -325,11 +325,20 @@ impl Agent {
 
     /// Apply a host role command.
     pub fn set_role(&self, to: Role, epoch: u64) -> Result<(Role, u64), RoleError> {
+        self.set_role_holding(to, epoch, None)
+    }
+
+    /// Apply a host role command; a promotion `holding` the demoted active's
+    /// last update is refused, changing nothing, unless that update is applied here.
+    pub fn set_role_holding(&self, to: Role, epoch: u64, holding: Option<u64>) -> Result<(Role, u64), RoleError> {
         let mut c = self.lock();
         let peer = c.peer.as_ref().and_then(|p| p.hello.clone()).or_else(|| c.last_peer.clone());
         let refused = c.peer.as_ref().and_then(|p| p.hello.as_ref()).and_then(|h| self.pairing_problem(&c, h));
         let facts = Facts { peer: peer.map(|h| (h.name, h.role, h.epoch)), synced: c.synced, refused };
         roles::check(c.role, to, epoch, c.epoch, &facts)?;
+        if let Some(holding) = holding.filter(|&h| to == Role::Active && c.role != Role::Active && c.seq < h) {
+            return Err(RoleError::Lacking { seq: c.seq, holding });
+        }
         let from = c.role;
         c.epoch = epoch;
         if from != to {

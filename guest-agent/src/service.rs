@@ -3,6 +3,7 @@
 //! replies keyed by request id, possibly out of order).
 
 use crate::agent::{Agent, Served};
+use crate::roles::RoleError;
 use crate::transport::{Listener, Stream};
 use hitless_protocol::{
     check_preamble, frame_into, from_frame, from_line, to_line, ControlReply, ControlRequest, Frames, Role, WorkReply,
@@ -75,12 +76,12 @@ pub async fn control(agent: Arc<Agent>, stream: Box<dyn Stream>, exec: bool) {
 async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
     let done = |agent: &Agent| {
         let h = agent.hello();
-        ControlReply::Done { role: h.role, epoch: h.epoch, enabled: h.enabled }
+        ControlReply::Done { role: h.role, epoch: h.epoch, enabled: h.enabled, seq: h.seq }
     };
     match req {
         ControlRequest::Hello => ControlReply::Hello(agent.hello()),
         ControlRequest::Status => ControlReply::Status(Box::new(agent.status())),
-        ControlRequest::SetRole { role, epoch } => {
+        ControlRequest::SetRole { role, epoch, holding } => {
             let was_active = agent.hello().role == Role::Active;
             if role == Role::Standby && !was_active {
                 // Whether this processor may pair depends on the peer's hello (versions,
@@ -88,7 +89,8 @@ async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
                 // active already knows its peer, or has none (it died): no waiting then.
                 agent.wait_peer(PEER_WAIT).await;
             }
-            match agent.set_role(role, epoch) {
+            match agent.set_role_holding(role, epoch, holding) {
+                Err(RoleError::Lacking { seq, holding }) => ControlReply::Lacking { seq, holding },
                 Err(e) => ControlReply::Error { message: e.to_string() },
                 Ok(_) if was_active && role != Role::Active => match agent.flush().await {
                     Ok(()) => done(agent),

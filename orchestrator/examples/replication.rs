@@ -135,7 +135,7 @@ async fn until(
 async fn pair_up(a: &Channel, b: &Channel, patience: Duration) -> anyhow::Result<()> {
     until("the link", patience, async || Ok(status(b, patience).await?.peer.is_some_and(|p| p.connected))).await?;
     for (ch, role, epoch) in [(a, Role::Active, 1), (b, Role::Standby, 2)] {
-        let r = control(ch, ControlRequest::SetRole { role, epoch }, patience).await?;
+        let r = control(ch, ControlRequest::SetRole { role, epoch, holding: None }, patience).await?;
         if !matches!(r, ControlReply::Done { .. }) {
             bail!("set-role {role}: {r:?}");
         }

@@ -108,6 +108,9 @@ impl Agents {
         drop(idle);
         match reply {
             ControlReply::Error { message } => Err(self.refused(p, message)),
+            ControlReply::Lacking { seq, holding } => {
+                Err(ProcessorError::Lacking { processor: self.names[p].clone(), seq, holding })
+            }
             r => Ok(r),
         }
     }
@@ -240,9 +243,20 @@ impl Agents {
         }
     }
 
-    /// Command `p` into `role` at `epoch`.
-    pub async fn set_role(&self, p: ProcId, role: Role, epoch: u64) -> Result<(), ProcessorError> {
-        self.control(p, ControlRequest::SetRole { role, epoch }).await.map(|_| ())
+    /// Command `p` into `role` at `epoch` (a promotion `holding` the demoted
+    /// active's last update: see [`ProcessorError::Lacking`]). Returns the last
+    /// update `p` applied, when its agent says (after a demotion: once flushed).
+    pub async fn set_role(
+        &self,
+        p: ProcId,
+        role: Role,
+        epoch: u64,
+        holding: Option<u64>,
+    ) -> Result<Option<u64>, ProcessorError> {
+        match self.control(p, ControlRequest::SetRole { role, epoch, holding }).await? {
+            ControlReply::Done { seq, .. } => Ok(seq),
+            other => Err(self.refused(p, format!("unexpected reply to a role command: {other:?}"))),
+        }
     }
 
     /// Enable `feature` on `p`.

@@ -239,6 +239,17 @@ pub enum ProcessorError {
         /// What the agent said, or what was wrong with the answer.
         message: String,
     },
+    /// A promotion refused by its agent: it has not applied every update the
+    /// demoted active did (that one acked work alone), so it is still standby.
+    #[error("processor {processor} lacks updates {} to {holding} that the demoted active applied: not promoted", seq + 1)]
+    Lacking {
+        /// The processor.
+        processor: String,
+        /// The last update it applied.
+        seq: u64,
+        /// The demoted active's last update.
+        holding: u64,
+    },
     /// Its agent could not be reached.
     #[error("processor {processor}: agent unreachable")]
     Unreachable {

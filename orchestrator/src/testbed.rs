@@ -453,8 +453,20 @@ impl Testbed {
         Ok(disk)
     }
 
-    /// Give `p` a role at the next epoch (allocated and saved before it is sent).
-    pub async fn set_role(&mut self, p: ProcId, role: Role) -> Result<u64, Error> {
+    /// Give `p` a role at the next epoch (allocated and saved before it is
+    /// sent). Returns the last update `p` applied, when its agent says (after a
+    /// demotion: once its in-flight work is flushed).
+    pub async fn set_role(&mut self, p: ProcId, role: Role) -> Result<Option<u64>, Error> {
+        self.command_role(p, role, None).await
+    }
+
+    /// Promote `p` only if it has applied `holding`, the demoted active's last
+    /// update; otherwise [`ProcessorError::Lacking`], and `p` stays standby.
+    pub async fn promote_holding(&mut self, p: ProcId, holding: u64) -> Result<(), Error> {
+        self.command_role(p, Role::Active, Some(holding)).await.map(|_| ())
+    }
+
+    async fn command_role(&mut self, p: ProcId, role: Role, holding: Option<u64>) -> Result<Option<u64>, Error> {
         self.writable()?;
         self.state.epoch += 1;
         let epoch = self.state.epoch;
@@ -465,12 +477,12 @@ impl Testbed {
             // Its role ends as the command is sent: the watch must not take its demotion for a loss.
             self.undesignate(p);
         }
-        self.agents.set_role(p, role, epoch).await?;
+        let seq = self.agents.set_role(p, role, epoch, holding).await?;
         if role == Role::Active {
             self.designated.set(Some(p));
         }
         self.events.emit(Event::Role { processor: self.name(p).into(), role, epoch });
-        Ok(epoch)
+        Ok(seq)
     }
 
     /// Make `p` standby and wait until its step-up from the other is complete.

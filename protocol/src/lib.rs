@@ -372,6 +372,11 @@ pub enum ControlRequest {
         role: Role,
         /// Orchestrator epoch, increased on every role change.
         epoch: u64,
+        /// A promotion only: the last update the demoted active applied. A
+        /// standby that has not applied it is refused ([`ControlReply::Lacking`]):
+        /// promoted, it would step the old active up with a state lacking acked work.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holding: Option<u64>,
     },
     /// Enable a new feature.
     EnableFeature {
@@ -542,6 +547,18 @@ pub enum ControlReply {
         epoch: u64,
         /// Features enabled now.
         enabled: FeatureSet,
+        /// Last run-state update applied (after a demotion: once in-flight work
+        /// is flushed), so a switchover can promote holding it without asking again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// A promotion refused: this standby has applied updates only up to `seq`,
+    /// short of the `holding` the command asked for. Nothing changed.
+    Lacking {
+        /// Last update this processor applied.
+        seq: u64,
+        /// The update the command required.
+        holding: u64,
     },
     /// Answer to [`ControlRequest::Evaluate`].
     Evaluation(Evaluation),

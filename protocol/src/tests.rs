@@ -189,11 +189,25 @@ fn the_preamble_tells_another_protocol_before_any_message() {
 
 #[test]
 fn lines_end_in_newline_and_round_trip() {
-    let req = ControlRequest::SetRole { role: Role::Standby, epoch: 4 };
+    let req = ControlRequest::SetRole { role: Role::Standby, epoch: 4, holding: None };
     let line = to_line(&req).unwrap();
     assert_eq!(line.last(), Some(&b'\n'));
     assert_eq!(String::from_utf8(line.clone()).unwrap(), "{\"type\":\"set-role\",\"role\":\"standby\",\"epoch\":4}\n");
     assert_eq!(from_line::<ControlRequest>(&line).unwrap(), req);
+}
+
+/// A promotion's `holding` and a role change's `seq` are optional fields:
+/// lines without them (as an older peer writes) still decode, and with them round-trip.
+#[test]
+fn holding_and_done_seq_are_optional_and_round_trip() {
+    let req = ControlRequest::SetRole { role: Role::Active, epoch: 7, holding: Some(42) };
+    assert_eq!(from_line::<ControlRequest>(&to_line(&req).unwrap()).unwrap(), req);
+    let done = ControlReply::Done { role: Role::Standby, epoch: 6, enabled: FeatureSet::new(), seq: Some(42) };
+    assert_eq!(from_line::<ControlReply>(&to_line(&done).unwrap()).unwrap(), done);
+    let older = b"{\"type\":\"done\",\"role\":\"standby\",\"epoch\":6,\"enabled\":[]}\n";
+    assert!(matches!(from_line::<ControlReply>(older).unwrap(), ControlReply::Done { seq: None, .. }));
+    let lacking = ControlReply::Lacking { seq: 40, holding: 42 };
+    assert_eq!(from_line::<ControlReply>(&to_line(&lacking).unwrap()).unwrap(), lacking);
 }
 
 #[test]

@@ -109,7 +109,7 @@ async fn status(a: &HostAgent) -> Status {
 }
 
 async fn set_role(a: &HostAgent, role: Role, epoch: u64) -> ControlReply {
-    request(a, ControlRequest::SetRole { role, epoch }).await
+    request(a, ControlRequest::SetRole { role, epoch, holding: None }).await
 }
 
 async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {

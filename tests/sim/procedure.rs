@@ -83,7 +83,7 @@ fn inject(tb: &Testbed, step: Step, fault: Fault) {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                     rt.block_on(async {
                         let mut c = hitless::channel::AgentClient::connect(&ch).await.unwrap();
-                        let req = ControlRequest::SetRole { role: Role::Standby, epoch: 1000 };
+                        let req = ControlRequest::SetRole { role: Role::Standby, epoch: 1000, holding: None };
                         c.request(&req, std::time::Duration::from_secs(2)).await.unwrap();
                     });
                 })

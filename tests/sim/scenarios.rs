@@ -83,8 +83,9 @@ async fn a_fault_at_a_step_works_on_a_current_thread_runtime() {
     assert!(t.contains("killed p122's machine"), "{t}");
 }
 
-/// The plan `hitless run --chaos` prints (everything before the results).
-fn chaos_plan(seed: &str) -> (bool, String) {
+/// Whether `hitless run --chaos` passed, the plan it prints (everything
+/// before the results), and all it printed.
+fn chaos_plan(seed: &str) -> (bool, String, String) {
     let out = tempfile::tempdir().unwrap();
     let out = out.path().display().to_string();
     let r =
@@ -92,17 +93,19 @@ fn chaos_plan(seed: &str) -> (bool, String) {
     let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
     assert!(stdout.contains("chaos plan"), "{stdout}{}", String::from_utf8_lossy(&r.stderr));
     let plan = stdout.split("\nSCENARIO").next().unwrap_or_default().to_string();
-    (r.status.success(), plan)
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&r.stderr));
+    (r.status.success(), plan, all)
 }
 
 #[test]
 fn a_chaos_seed_replays_the_same_plan() {
-    let (ok1, a) = chaos_plan("7");
-    let (ok2, b) = chaos_plan("7");
+    let (ok1, a, all1) = chaos_plan("7");
+    let (ok2, b, all2) = chaos_plan("7");
     assert!(a.contains("chaos plan (seed 7)") && a.contains("faults:"), "{a}");
     assert_eq!(a, b, "one seed, two plans");
-    assert!(ok1 && ok2, "a chaos draw did not hold its invariants:\n{a}");
-    let (_, c) = chaos_plan("8");
+    assert!(ok1, "a chaos draw did not hold its invariants:\n{all1}");
+    assert!(ok2, "a chaos draw did not hold its invariants:\n{all2}");
+    let (_, c, _) = chaos_plan("8");
     assert_ne!(a.replace("seed 7", "seed 8").replace("chaos-7-", "chaos-8-").replace("seed 7 draw", "seed 8 draw"), c);
 }
 

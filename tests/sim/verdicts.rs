@@ -59,7 +59,7 @@ async fn a_second_command_on_a_held_pair_is_refused_at_once_and_looking_never_bl
     let looked = Testbed::attach(run, Events::new(), Access::Observe).err().unwrap();
     assert!(matches!(looked, Error::Environment(EnvironmentError::SimulatedElsewhere(_))), "{looked}");
     // And an agent obeys only a newer epoch: a stale orchestrator's command is refused.
-    let stale = s.tb.agents().set_role(P122, Role::Active, s.tb.epoch()).await.err().unwrap().to_string();
+    let stale = s.tb.agents().set_role(P122, Role::Active, s.tb.epoch(), None).await.err().unwrap().to_string();
     assert!(stale.contains("stale command"), "{stale}");
 }
 

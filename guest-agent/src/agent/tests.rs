@@ -512,3 +512,20 @@ async fn a_flush_ends_when_its_demoted_active_is_made_active_again_and_refuses_n
     // w1 is still the active's to register and ack: nobody was told "not active".
     assert!(w.replies.try_recv().is_err());
 }
+
+#[test]
+fn a_promotion_holding_an_update_the_standby_lacks_is_refused_and_changes_nothing() {
+    let mut w = Wire::paired();
+    // p121 applies w1 but p122 never gets it: p122 is still synced (no gap seen), at seq 0.
+    w.open(1);
+    w.pump(|m| matches!(m, LinkMsg::Update { .. }));
+    let (held, before) = (w.a.status().replication.seq, w.b.hello());
+    assert_eq!(before.seq, Some(held - 1));
+    assert_eq!(
+        w.b.set_role_holding(Role::Active, 3, Some(held)),
+        Err(RoleError::Lacking { seq: held - 1, holding: held })
+    );
+    assert_eq!(w.b.hello(), before, "a refused promotion changed the standby");
+    // Holding no more than it applied, it is promoted.
+    assert_eq!(w.b.set_role_holding(Role::Active, 4, Some(held - 1)), Ok((Role::Active, 4)));
+}

@@ -145,6 +145,8 @@ impl Run<'_> {
             self.tb.wait_seen_current(old).await?;
         }
         let t0 = self.now();
+        // The demoted active's last update, which `new` must hold to be promoted (none once `old` is fenced).
+        let mut holding = None;
         if !self.tb.alive(old) {
             // It died on its own: fenced (the watch stands down: this switchover is the failover).
             self.tb.events().progress(format!(
@@ -159,22 +161,30 @@ impl Run<'_> {
                 .events()
                 .progress(format!("{}'s agent exited ({line}); fencing it by stopping its machine", self.tb.name(old)));
             self.tb.stop(old).await;
-        } else if let Err(e) = self.tb.set_role(old, Role::Standby).await {
-            // It does not obey (its agent died while its machine is still going down, or it
-            // refused): fence it — stop its machine — before anything else becomes active.
-            let why = chain(&e);
-            self.tb.events().progress(format!(
-                "{} did not step down ({why}); fencing it by stopping its machine",
-                self.tb.name(old)
-            ));
-            self.tb.stop(old).await;
         } else {
-            self.hand_back_what_new_lacks(old, new).await?;
+            match self.tb.set_role(old, Role::Standby).await {
+                Ok(seq) => holding = Some(self.said_last_update(old, seq)?),
+                // It does not obey (its agent died while its machine is still going down, or it
+                // refused): fence it — stop its machine — before anything else becomes active.
+                Err(e) => {
+                    let why = chain(&e);
+                    self.tb.events().progress(format!(
+                        "{} did not step down ({why}); fencing it by stopping its machine",
+                        self.tb.name(old)
+                    ));
+                    self.tb.stop(old).await;
+                }
+            }
         }
         // Counted before the promotion is sent: a cancel may abandon this step while
         // the new active already serves, and its acks must not look like a second active.
         self.switches.push((step, t0, t0, self.tb.name(new).to_string()));
-        self.tb.set_role(new, Role::Active).await?;
+        match holding {
+            Some(holding) => self.promote_holding(old, new, holding).await?,
+            None => {
+                self.tb.set_role(new, Role::Active).await?;
+            }
+        }
         let t1 = self.now();
         if let Some(s) = self.switches.last_mut() {
             s.2 = t1;
@@ -185,48 +195,43 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// After `old`'s demotion, before `new` is promoted: `new` must hold all
-    /// that `old` applied. It does, unless `old` ran alone when the currency
-    /// check above was skipped or since — paused as the switchover began, say,
-    /// it resumed past the link's timeout and acked work simplex that `new`
-    /// never got (promoted, `new` would step `old` up with its own state, and
-    /// that work would be lost). Then `old` is made active again until it sees
-    /// `new` current, and demoted again; twice at most, after which `old` is
-    /// left active and the step fails.
-    async fn hand_back_what_new_lacks(&mut self, old: ProcId, new: ProcId) -> Result<(), Error> {
+    /// Promote `new` holding `holding`, the demoted `old`'s last update: its
+    /// agent refuses if it lacks that update — `old` ran alone when the
+    /// currency check above was skipped or since (paused as the switchover
+    /// began, say, it resumed past the link's timeout and acked work simplex
+    /// that `new` never got; promoted, `new` would step `old` up with its own
+    /// state, and that work would be lost). The answer comes with the
+    /// promotion, so this costs the service gap nothing when all is well. On a
+    /// refusal `old` is made active again until it sees `new` current, and
+    /// demoted again; twice at most, after which `old` is left active and the step fails.
+    async fn promote_holding(&mut self, old: ProcId, new: ProcId, mut holding: u64) -> Result<(), Error> {
         let mut handed_back = 0;
         loop {
-            // Both at once: this sits between the demotion and the promotion, in the service gap.
-            let (o, n) = tokio::join!(self.tb.agents().status(old), self.tb.agents().status(new));
-            // An unreachable `new` fails its promotion anyway, and a dead `old`
-            // has nothing left to hand over; but a running `old` that cannot be
-            // read may hold work nobody else has: nothing is promoted blind.
-            let Ok(n) = n else { return Ok(()) };
-            let o = match o {
-                Ok(o) => o.replication.seq,
-                Err(_) if !self.tb.alive(old) => return Ok(()),
-                Err(e) => return Err(e.into()),
+            let lacks = match self.tb.promote_holding(new, holding).await {
+                Err(Error::Processor(e @ ProcessorError::Lacking { .. })) => e.to_string(),
+                other => return other,
             };
-            let n = n.replication;
-            // A standby that is not current is refused promotion by its agent: nothing to do here.
-            if !n.synced || n.seq >= o {
-                return Ok(());
-            }
             let (old_name, new_name) = (self.tb.name(old).to_string(), self.tb.name(new).to_string());
-            let lacks = format!("{new_name} lacks updates {} to {o} that {old_name} applied", n.seq + 1);
             if handed_back < 2 {
                 self.tb
                     .events()
-                    .progress(format!("{lacks}: {old_name} is made active again until {new_name} holds them"));
+                    .progress(format!("{lacks}; {old_name} is made active again until {new_name} holds them"));
             }
             self.tb.set_role(old, Role::Active).await?;
             if handed_back == 2 {
-                return Err(self.refused(new, format!("{lacks}, after two hand-backs: not promoted")));
+                return Err(self.refused(new, format!("{lacks}, after two hand-backs")));
             }
             handed_back += 1;
             self.tb.wait_seen_current(old).await?;
-            self.tb.set_role(old, Role::Standby).await?;
+            let seq = self.tb.set_role(old, Role::Standby).await?;
+            holding = self.said_last_update(old, seq)?;
         }
+    }
+
+    /// A demotion's answer names the last update applied (every agent of this
+    /// tree says it): without it nothing could be promoted holding it.
+    fn said_last_update(&self, old: ProcId, seq: Option<u64>) -> Result<u64, Error> {
+        seq.ok_or_else(|| self.refused(old, "its demotion did not say which update it applied last".into()))
     }
 
     /// Step 204's verdict: the agent's evaluation plus the orchestrator's own checks.
