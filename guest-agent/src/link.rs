@@ -68,6 +68,10 @@ async fn run(agent: Arc<Agent>, stream: TcpStream) {
                 Err(_) => LinkMsg::Heartbeat,
             };
             // Batch whatever is queued into one write: many updates per syscall.
+            // Tasks woken with this one (a promotion's held work after its
+            // step-up, other clients' requests) queue theirs first: under TCG one
+            // write through the guest's TCP stack costs more than a scheduler pass.
+            tokio::task::yield_now().await;
             let negotiated = writer_agent.negotiated();
             let mut next = Some(first);
             while let Some(msg) = next {

@@ -96,6 +96,12 @@ async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
                     Ok(()) => done(agent),
                     Err(e) => ControlReply::Error { message: format!("role changed to {role}, but {e}") },
                 },
+                Ok(_) if role == Role::Active && !was_active => {
+                    // The link first: the step-up and the work held for this promotion
+                    // go out before this reply (clients wait on them, the host only on this).
+                    tokio::task::yield_now().await;
+                    done(agent)
+                }
                 Ok(_) => done(agent),
             }
         }
