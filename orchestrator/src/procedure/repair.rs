@@ -115,7 +115,13 @@ pub async fn repair(tb: &mut Testbed) -> Result<Repaired, Error> {
             newer
         }
         _ => {
-            let candidate = ProcId::BOTH.into_iter().find(|p| up(*p).is_some_and(holds_state));
+            // Of two, the one that applied more: the other may lack work acked alone
+            // (a switchover cut short after the demotion); the first on a tie.
+            let candidate = ProcId::BOTH
+                .into_iter()
+                .filter_map(|p| up(p).filter(|s| holds_state(s)).map(|s| (p, s.replication.seq)))
+                .reduce(|a, b| if b.1 > a.1 { b } else { a })
+                .map(|(p, _)| p);
             let Some(s) = candidate else {
                 let what = ProcId::BOTH
                     .into_iter()
@@ -168,3 +174,6 @@ pub async fn repair(tb: &mut Testbed) -> Result<Repaired, Error> {
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests;

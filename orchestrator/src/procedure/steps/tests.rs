@@ -5,38 +5,21 @@
 use super::super::journal::plan;
 use super::super::run::Run;
 use super::super::table::Step;
-use crate::config::Config;
+use super::super::test_pair::{ack_alone, simulated};
 use crate::events::Events;
-use crate::machine::{LinkDir, Machines};
+use crate::machine::LinkDir;
 use crate::pair::ProcId;
-use crate::rundir::RunDir;
-use crate::testbed::Testbed;
-use std::time::{Duration, Instant};
-
-async fn seq(tb: &Testbed, p: ProcId) -> u64 {
-    tb.agents().status(p).await.unwrap().replication.seq
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_that_acked_work_alone_after_the_currency_check_hands_it_over_before_the_promotion() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = Config::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-configs/pair.yaml")).unwrap();
     let events = Events::new();
-    let mut tb = Testbed::simulated(cfg, RunDir::new(tmp.path().join("run")), events.clone()).await.unwrap();
+    let mut tb = simulated(&tmp, events.clone()).await;
     let (old, new) = (ProcId::FIRST, ProcId::SECOND);
     let pair = tb.simulated_pair().unwrap();
-
     // The link is cut: past its timeout the active runs alone and acks work its standby never gets.
-    tb.machines().set_link(old, LinkDir::Both, false).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !tb.agents().status(old).await.unwrap().replication.simplex {
-        assert!(Instant::now() < deadline, "the active never went simplex");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let f = crate::load::measure(tb.agents().channel(old), 1, 1, Duration::from_millis(300)).await.unwrap();
-    assert!(f.simplex > 0, "no work acked alone");
-    let acked = seq(&tb, old).await;
-    assert!(seq(&tb, new).await < acked);
+    let acked = ack_alone(&tb, old).await;
 
     // Paused as the switchover begins, it cannot be asked whether its standby is
     // current; it is demoted once resumed, the link still cut, with nothing in flight.
