@@ -211,19 +211,20 @@ impl Run<'_> {
     async fn promote_holding(&mut self, old: ProcId, new: ProcId, mut holding: u64) -> Result<(), Error> {
         let mut handed_back = 0;
         loop {
-            let lacks = match self.tb.promote_holding(new, holding).await {
-                Err(Error::Processor(e @ ProcessorError::Lacking { .. })) => e.to_string(),
+            let seq = match self.tb.promote_holding(new, holding).await {
+                Err(Error::Processor(ProcessorError::Lacking { seq, .. })) => seq,
                 other => return other,
             };
             let (old_name, new_name) = (self.tb.name(old).to_string(), self.tb.name(new).to_string());
+            let lacks = format!("{new_name} lacks updates {} to {holding} that {old_name} applied", seq + 1);
             if handed_back < 2 {
                 self.tb
                     .events()
-                    .progress(format!("{lacks}; {old_name} is made active again until {new_name} holds them"));
+                    .progress(format!("{lacks}: {old_name} is made active again until {new_name} holds them"));
             }
             self.tb.set_role(old, Role::Active).await?;
             if handed_back == 2 {
-                return Err(self.refused(new, format!("{lacks}, after two hand-backs")));
+                return Err(self.refused(new, format!("{lacks}, after two hand-backs: not promoted")));
             }
             handed_back += 1;
             self.tb.wait_seen_current(old).await?;
