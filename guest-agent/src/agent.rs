@@ -334,11 +334,9 @@ impl Agent {
         let mut c = self.lock();
         let peer = c.peer.as_ref().and_then(|p| p.hello.clone()).or_else(|| c.last_peer.clone());
         let refused = c.peer.as_ref().and_then(|p| p.hello.as_ref()).and_then(|h| self.pairing_problem(&c, h));
-        let facts = Facts { peer: peer.map(|h| (h.name, h.role, h.epoch)), synced: c.synced, refused };
+        let peer = peer.map(|h| (h.name, h.role, h.epoch));
+        let facts = Facts { peer, synced: c.synced, refused, seq: c.seq, holding };
         roles::check(c.role, to, epoch, c.epoch, &facts)?;
-        if let Some(holding) = holding.filter(|&h| to == Role::Active && c.role != Role::Active && c.seq < h) {
-            return Err(RoleError::Lacking { seq: c.seq, holding });
-        }
         let from = c.role;
         c.epoch = epoch;
         if from != to {

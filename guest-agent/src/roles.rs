@@ -51,6 +51,11 @@ pub struct Facts {
     pub synced: bool,
     /// Why the peer link refused pairing, if it did.
     pub refused: Option<String>,
+    /// The last update applied here.
+    pub seq: u64,
+    /// A promotion's requirement: the demoted active's last update, which
+    /// must be applied here (see [`RoleError::Lacking`]).
+    pub holding: Option<u64>,
 }
 
 /// Decide whether `from` may become `to` at `epoch` (current epoch `current`).
@@ -68,20 +73,24 @@ pub fn check(from: Role, to: Role, epoch: u64, current: u64, facts: &Facts) -> R
         }
         _ => Ok(()),
     };
+    // Promoted without an update the demoted active acked, it would step that one up without it.
+    let holding = || match facts.holding {
+        Some(holding) if facts.seq < holding => Err(RoleError::Lacking { seq: facts.seq, holding }),
+        _ => Ok(()),
+    };
     match (from, to) {
         // Idempotent: the same command again (e.g. a retry) is fine.
         (Role::Active, Role::Active) | (Role::Standby, Role::Standby) | (Role::OutOfService, Role::OutOfService) => {
             Ok(())
         }
         // A fresh start: no standby state to lose.
-        (Role::OutOfService, Role::Active) => peer_active(epoch),
+        (Role::OutOfService, Role::Active) => peer_active(epoch).and_then(|()| holding()),
         (Role::Standby, Role::Active) => {
             peer_active(epoch)?;
-            if facts.synced {
-                Ok(())
-            } else {
-                Err(RoleError::NotCurrent)
+            if !facts.synced {
+                return Err(RoleError::NotCurrent);
             }
+            holding()
         }
         (Role::OutOfService, Role::Standby) | (Role::Active, Role::Standby) => match &facts.refused {
             Some(why) => Err(RoleError::PairingRefused(why.clone())),
@@ -139,15 +148,29 @@ mod tests {
     }
 
     #[test]
+    fn a_promotion_holding_an_update_not_applied_here_is_refused_and_a_retry_once_active_is_not() {
+        let facts = |holding| Facts { synced: true, seq: 40, holding: Some(holding), ..Facts::default() };
+        for from in [Role::OutOfService, Role::Standby] {
+            assert_eq!(check(from, Role::Active, 7, 1, &facts(42)), Err(RoleError::Lacking { seq: 40, holding: 42 }));
+            assert_eq!(check(from, Role::Active, 7, 1, &facts(40)), Ok(()));
+        }
+        assert_eq!(
+            check(Role::Active, Role::Active, 7, 7, &facts(42)),
+            Ok(()),
+            "a retry of a promotion that was obeyed"
+        );
+    }
+
+    #[test]
     fn no_split_brain() {
-        let facts = |pe| Facts { peer: Some(("p121".into(), Role::Active, pe)), synced: true, refused: None };
+        let facts = |pe| Facts { peer: Some(("p121".into(), Role::Active, pe)), synced: true, ..Facts::default() };
         for from in [Role::OutOfService, Role::Standby] {
             assert!(matches!(check(from, Role::Active, 7, 1, &facts(7)), Err(RoleError::PeerActive { .. })));
             assert!(matches!(check(from, Role::Active, 7, 1, &facts(9)), Err(RoleError::PeerActive { .. })));
             // A peer active at an older epoch is stale: it fences itself when it hears of us.
             assert_eq!(check(from, Role::Active, 7, 1, &facts(6)), Ok(()));
         }
-        let standby_peer = Facts { peer: Some(("p121".into(), Role::Standby, 9)), synced: true, refused: None };
+        let standby_peer = Facts { peer: Some(("p121".into(), Role::Standby, 9)), synced: true, ..Facts::default() };
         assert_eq!(check(Role::Standby, Role::Active, 10, 2, &standby_peer), Ok(()));
     }
 
