@@ -12,7 +12,8 @@
 //! printed with its target and its ratio to it. Last, what this machine
 //! lends every figure: how long two threads take to wake each other after both
 //! slept (each hop of the work path at light load wakes at least one thread),
-//! and how much of its CPU time its own hypervisor stole meanwhile.
+//! one thread's plain work before and after the runs ([`cpu_speed`]), and how
+//! much of its CPU time its own hypervisor stole meanwhile.
 
 use hitless::config::{Config, KernelChoice};
 use hitless::events::{Event, Events};
