@@ -23,7 +23,7 @@ pub enum Flaw {
 
 /// The start arguments that shape a build (the binary flattens them into its
 /// own; [`Build::with_args`] parses them alone).
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct BuildArgs {
     /// Deliberate flaw, for test images: bad-eval (evaluation says "not
     /// acceptable") or crash (exits soon after becoming active).
