@@ -95,6 +95,14 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
     Ok((s, log))
 }
 
+/// The log filter `hitless.log=` or `HITLESS_AGENT_LOG` asks for; info when
+/// it does not parse. `Targets` (level, or target=level, comma-separated)
+/// rather than `EnvFilter`: the same syntax for what hosts pass, and less code
+/// run once at boot, where every new instruction costs its translation (TCG).
+fn log_filter(filter: &str) -> Targets {
+    filter.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
+}
+
 fn main() -> std::process::ExitCode {
     let a = if std::env::args_os().skip(1).eq(["--from-cmdline"]) { Args::from_cmdline_alone() } else { Args::parse() };
     if a.manifest {
@@ -115,10 +123,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let filter = log.or_else(|| std::env::var("HITLESS_AGENT_LOG").ok()).unwrap_or_else(|| "info".into());
-    // `Targets` (level, or target=level, comma-separated) rather than
-    // `EnvFilter`: the same syntax for what hosts pass, and less code run
-    // once at boot, where every new instruction costs its translation (TCG).
-    let targets: Targets = filter.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let targets = log_filter(&filter);
     let log = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(false)
@@ -147,6 +152,19 @@ fn main() -> std::process::ExitCode {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn the_log_filters_hosts_pass_parse_and_anything_else_means_info() {
+        use tracing::Level;
+        let agent = "hitless_agent";
+        assert!(log_filter("debug").would_enable(agent, &Level::DEBUG));
+        assert!(!log_filter("info").would_enable(agent, &Level::DEBUG));
+        let only_agent = log_filter("hitless_agent=trace,warn");
+        assert!(only_agent.would_enable(agent, &Level::TRACE));
+        assert!(!only_agent.would_enable("tokio", &Level::INFO));
+        let bad = log_filter("debug=[{");
+        assert!(bad.would_enable(agent, &Level::INFO) && !bad.would_enable(agent, &Level::DEBUG));
+    }
 
     #[test]
     fn from_cmdline_alone_is_what_clap_parses_from_it() {
