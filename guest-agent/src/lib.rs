@@ -10,6 +10,7 @@ pub mod build;
 pub mod db;
 pub mod exec;
 pub mod guest;
+pub mod init;
 pub mod link;
 pub mod roles;
 pub mod service;

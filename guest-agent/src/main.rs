@@ -5,7 +5,7 @@
 use clap::Parser;
 use hitless_agent::{
     build::{self, Build, BuildArgs},
-    guest, Exit, Settings,
+    guest, init, Exit, Settings,
 };
 use hitless_protocol::{CONTROL_PORT, LINK_PORT, WORK_PORT};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -104,7 +104,19 @@ fn log_filter(filter: &str) -> Targets {
 }
 
 fn main() -> std::process::ExitCode {
-    let a = if std::env::args_os().skip(1).eq(["--from-cmdline"]) { Args::from_cmdline_alone() } else { Args::parse() };
+    let a = if std::process::id() == 1 {
+        // The guest's init (the app disk is the root): prepare the guest, fork, go on as the agent.
+        let extra = init::boot();
+        if extra.is_empty() {
+            Args::from_cmdline_alone()
+        } else {
+            Args::parse_from(["hitless-agent".to_string(), "--from-cmdline".to_string()].into_iter().chain(extra))
+        }
+    } else if std::env::args_os().skip(1).eq(["--from-cmdline"]) {
+        Args::from_cmdline_alone()
+    } else {
+        Args::parse()
+    };
     if a.manifest {
         match serde_json::to_string(&Build::compiled(&a.build)) {
             Ok(m) => println!("{m}"),

@@ -461,7 +461,12 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<()> {
             let progress = |m: &str| eprintln!("[{:7.1}s] {m}", t.elapsed().as_secs_f64());
             let (boot, apps) =
                 hitless::images::build_all(&cfg, &progress).map_err(Error::from).context("make images")?;
-            println!("boot   {} + {} (kernel: {})", boot.kernel.display(), boot.initrd.display(), cfg.kernel);
+            match &boot.initrd {
+                Some(initrd) => {
+                    println!("boot   {} + {} (kernel: {})", boot.kernel.display(), initrd.display(), cfg.kernel)
+                }
+                None => println!("boot   {} (kernel: {}; the app disk is the root)", boot.kernel.display(), cfg.kernel),
+            }
             for a in apps {
                 println!("{:<16} {}", a.version, a.path.display());
             }

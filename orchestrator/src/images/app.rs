@@ -1,10 +1,14 @@
 //! App disks: one ext4 image per software version, holding that version's
-//! agent binary, its start arguments (`agent.args`, one per line: the guest's
-//! init passes them on) and its manifest — a build of the bundled agent with
-//! the version's Cargo features, or a prebuilt binary the config names.
-//! Versions that differ only in arguments share one build.
+//! agent binary, its start arguments (`agent.args`, one per line: the agent
+//! reads them as it starts as the guest's init) and its manifest — a build of
+//! the bundled agent with the version's Cargo features, or a prebuilt binary
+//! the config names. Versions that differ only in arguments share one build.
+//! The disk is the guest's root file system: it also holds the mount points
+//! the agent's init mounts and busybox, for what `hitless exec` runs.
 
-use super::{cached, io, publish, record_checksum, run, scratch, set_mode, short, write, ImageError};
+use super::{
+    cached, hash_files, io, publish, recipe, record_checksum, run, scratch, set_mode, short, write, ImageError,
+};
 use crate::config::{Config, Version};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -39,9 +43,13 @@ pub fn app_image(cfg: &Config, version: &str) -> Result<AppImage, ImageError> {
         .map_err(|e| ImageError::Manifest { path: agent.clone(), detail: e.to_string() })?;
     let manifest: serde_json::Value = serde_json::from_slice(&manifest_out)
         .map_err(|e| ImageError::Manifest { path: agent.clone(), detail: e.to_string() })?;
+    let busybox = super::boot::busybox()?;
     let mut h = Sha256::new();
     h.update(&bytes);
     h.update(&manifest_out);
+    h.update(b"root file system: proc sys dev, busybox with ");
+    h.update(recipe::APPLETS);
+    hash_files(&mut h, std::slice::from_ref(&busybox))?;
     if !args.is_empty() {
         // Only when there are any: the disks of versions without keep their names.
         h.update(args.as_bytes());
@@ -55,13 +63,18 @@ pub fn app_image(cfg: &Config, version: &str) -> Result<AppImage, ImageError> {
     let tmp = scratch(&cfg.cache_dir)?;
     let root = tmp.path().join("root");
     std::fs::create_dir_all(&root).map_err(io(&root))?;
+    for d in ["proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).map_err(io(&root))?;
+    }
+    super::boot::install_busybox(&busybox, &root)?;
     write(&root.join("hitless-agent"), &bytes)?;
     set_mode(&root.join("hitless-agent"), 0o755)?;
     write(&root.join("manifest.json"), &manifest_out)?;
     if !args.is_empty() {
         write(&root.join("agent.args"), args.as_bytes())?;
     }
-    let size_mib = bytes.len() / (1 << 20) + 8;
+    let busybox_len = std::fs::metadata(&busybox).map_err(io(&busybox))?.len() as usize;
+    let size_mib = (bytes.len() + busybox_len) / (1 << 20) + 8;
     let file = tmp.path().join("app.ext4");
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-O", "^has_journal", "-E", "root_owner=0:0", "-L", "hitless-app", "-d"])

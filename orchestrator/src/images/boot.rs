@@ -1,8 +1,10 @@
-//! The boot image: one kernel and initramfs for every processor and version.
-//! The initramfs holds busybox, the init of `images/init.sh` and, for
-//! Debian's packaged kernel, the kernel modules the devices need (resolved
-//! from `modules.dep`); the kernel built from source has every driver built
-//! in and needs none.
+//! The boot image: one kernel (and, for Debian's packaged kernel, an
+//! initramfs) for every processor and version. The kernel built from source
+//! has every driver built in: it mounts the app disk as its root and runs the
+//! agent as init, with no initramfs. Debian's kernel needs modules for the
+//! devices (resolved from `modules.dep`) before it can reach the app disk: its
+//! initramfs holds them, busybox and the init of `images/init.sh`, which
+//! switches root to the app disk and the agent.
 
 use super::{
     cached, hash_files, io, publish, recipe, record_checksum, run, scratch, set_mode, short, write, ImageError,
@@ -14,13 +16,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The boot image: kernel and initramfs.
+/// The boot image: kernel, and initramfs where the kernel needs one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BootImage {
     /// Kernel: an ELF booted by PVH where the kernel allows, else the bzImage.
     pub kernel: PathBuf,
-    /// Initramfs (uncompressed newc cpio: nothing to decompress under TCG).
-    pub initrd: PathBuf,
+    /// Initramfs (uncompressed newc cpio: nothing to decompress under TCG);
+    /// none for the built kernel, which boots the app disk as its root.
+    pub initrd: Option<PathBuf>,
 }
 
 /// Kernel release directory under `kernel_dir/lib/modules`.
@@ -87,29 +90,11 @@ pub fn boot_image(cfg: &Config, progress: Progress) -> Result<BootImage, ImageEr
     }
 }
 
-/// The kernel built from the recipe in `images/kernel/` (everything built in, so no modules).
+/// The kernel built from the recipe in `images/kernel/` (everything built in,
+/// so no modules and no initramfs: it boots the app disk as its root).
 fn built_boot_image(cfg: &Config, progress: Progress) -> Result<BootImage, ImageError> {
     let kernel = super::kernel::built_kernel(cfg, progress)?;
-    let busybox = busybox()?;
-    let mut h = Sha256::new();
-    h.update(recipe::INIT);
-    h.update(recipe::APPLETS);
-    h.update(b"modules: none (built-in kernel ");
-    h.update(&kernel.key);
-    h.update(b")");
-    hash_files(&mut h, std::slice::from_ref(&busybox))?;
-    let dir = cfg.cache_dir.join(format!("boot-{}", short(h)));
-    let img = BootImage { kernel: kernel.vmlinux, initrd: dir.join("initramfs.cpio") };
-    if cached(&img.initrd) {
-        return Ok(img);
-    }
-    tracing::info!("building boot image {}", dir.display());
-    let tmp = scratch(&cfg.cache_dir)?;
-    let out_dir = tmp.path().join("out");
-    initramfs(tmp.path(), &busybox, &[], &out_dir)?;
-    replace(&dir)?;
-    publish(&out_dir, &dir)?;
-    Ok(img)
+    Ok(BootImage { kernel: kernel.vmlinux, initrd: None })
 }
 
 /// Debian's packaged cloud kernel, unpacked in `paths.kernel_dir`, with the modules the devices need.
@@ -135,8 +120,9 @@ fn debian_boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     hash_files(&mut h, &[vmlinuz.clone(), busybox.clone()])?;
     hash_files(&mut h, &mod_files)?;
     let dir = cfg.cache_dir.join(format!("boot-{}", short(h)));
-    let img = BootImage { kernel: dir.join("kernel"), initrd: dir.join("initramfs.cpio") };
-    if cached(&img.initrd) && cached(&img.kernel) {
+    let initrd = dir.join("initramfs.cpio");
+    let img = BootImage { kernel: dir.join("kernel"), initrd: Some(initrd.clone()) };
+    if cached(&initrd) && cached(&img.kernel) {
         return Ok(img);
     }
     tracing::info!("building boot image {}", dir.display());
@@ -162,7 +148,8 @@ fn debian_boot_image(cfg: &Config) -> Result<BootImage, ImageError> {
     Ok(img)
 }
 
-fn busybox() -> Result<PathBuf, ImageError> {
+/// The guest's busybox: the static build of Debian's `busybox-static`.
+pub(super) fn busybox() -> Result<PathBuf, ImageError> {
     let busybox = PathBuf::from("/bin/busybox");
     if !busybox.is_file() {
         return Err(ImageError::Missing { what: "busybox (busybox-static)", path: busybox });
@@ -183,13 +170,10 @@ fn replace(dir: &Path) -> Result<(), ImageError> {
 fn initramfs(tmp: &Path, busybox: &Path, modules: &[(&str, &Path)], out_dir: &Path) -> Result<(), ImageError> {
     let root = tmp.join("root");
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    for d in ["bin", "proc", "sys", "dev", "app", "lib/modules"] {
+    for d in ["dev", "app", "lib/modules"] {
         std::fs::create_dir_all(root.join(d)).map_err(io(&root))?;
     }
-    std::fs::copy(busybox, root.join("bin/busybox")).map_err(io(busybox))?;
-    for a in recipe::entries(recipe::APPLETS) {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).map_err(io(&root))?;
-    }
+    install_busybox(busybox, &root)?;
     let mut list = String::new();
     for (name, f) in modules {
         std::fs::copy(f, root.join("lib/modules").join(name)).map_err(io(f))?;
@@ -218,6 +202,17 @@ fn initramfs(tmp: &Path, busybox: &Path, modules: &[(&str, &Path)], out_dir: &Pa
         return Err(ImageError::Tool { cmd: "cpio".into(), detail: st.to_string() });
     }
     record_checksum(&cpio)
+}
+
+/// `root/bin/busybox` and a link to it for every applet of `applets.txt`.
+pub(super) fn install_busybox(busybox: &Path, root: &Path) -> Result<(), ImageError> {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).map_err(io(&bin))?;
+    std::fs::copy(busybox, bin.join("busybox")).map_err(io(busybox))?;
+    for a in recipe::entries(recipe::APPLETS) {
+        std::os::unix::fs::symlink("busybox", bin.join(a)).map_err(io(&bin))?;
+    }
+    Ok(())
 }
 
 fn kernel_config(kernel_dir: &Path, rel: &str) -> Option<String> {

@@ -61,15 +61,29 @@ pub fn since(path: &Path, start: u64) -> String {
 }
 
 /// The first line of `console` that says why a boot failed: the init's own
-/// message first (it names the cause), else the kernel's panic line; once,
+/// message first (it names the cause), else the kernel's panic line, with
+/// what it means where the kernel's words are about the app disk; once,
 /// without the backtrace around it.
 pub fn first_cause(console: &str) -> Option<String> {
     let lines = || console.lines().map(|l| strip_stamp(l.trim()));
     lines()
         .find(|l| l.starts_with("init: "))
-        .or_else(|| lines().find(|l| l.starts_with("Kernel panic")))
-        .or_else(|| lines().find(|l| l.starts_with("hitless-agent: ")))
         .map(str::to_string)
+        .or_else(|| lines().find(|l| l.starts_with("Kernel panic")).map(explain_panic))
+        .or_else(|| lines().find(|l| l.starts_with("hitless-agent: ")).map(str::to_string))
+}
+
+/// The built kernel mounts the app disk as its root and runs the agent from
+/// it: its panics there are about the image.
+fn explain_panic(line: &str) -> String {
+    let meaning = if line.contains("Unable to mount root fs") {
+        "the kernel cannot mount the app disk (/dev/vda) as its root: is the image corrupt?"
+    } else if line.contains("Requested init") {
+        "no agent on the app disk (/hitless-agent), or it does not run"
+    } else {
+        return line.to_string();
+    };
+    format!("{meaning} ({line})")
 }
 
 /// A kernel line without its `[    1.234567] ` timestamp.
@@ -96,12 +110,19 @@ mod tests {
             first_cause(console).as_deref(),
             Some("init: cannot mount the app disk (/dev/vda): is the image corrupt?")
         );
-        let panic_only = "[    0.7] Kernel panic - not syncing: VFS: Unable to mount root fs\n[    0.7] Call Trace:\n";
-        assert_eq!(
-            first_cause(panic_only).as_deref(),
-            Some("Kernel panic - not syncing: VFS: Unable to mount root fs")
-        );
+        let panic_only = "[    0.7] Kernel panic - not syncing: Out of memory\n[    0.7] Call Trace:\n";
+        assert_eq!(first_cause(panic_only).as_deref(), Some("Kernel panic - not syncing: Out of memory"));
         assert_eq!(first_cause("all quiet\n"), None);
+        // The built kernel mounts the app disk itself: its panics about it say what they mean.
+        let corrupt = "[    0.43] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(254,0)\n";
+        let said = first_cause(corrupt).unwrap_or_default();
+        assert!(
+            said.starts_with("the kernel cannot mount the app disk") && said.contains("is the image corrupt?"),
+            "{said}"
+        );
+        let no_agent = "Kernel panic - not syncing: Requested init /hitless-agent failed (error -2).\n";
+        let said = first_cause(no_agent).unwrap_or_default();
+        assert!(said.starts_with("no agent on the app disk (/hitless-agent)") && said.contains("error -2"), "{said}");
     }
 
     #[test]

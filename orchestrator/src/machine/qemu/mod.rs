@@ -177,7 +177,7 @@ impl Machines for QemuPair {
             done.push(format!("vsock daemon present ({})", self.cfg.vhost_device_vsock.display()));
         }
         let boot = self.boot_image().map_err(|e| failed("boot image", &e))?;
-        for f in [&boot.kernel, &boot.initrd] {
+        for f in std::iter::once(&boot.kernel).chain(&boot.initrd) {
             images::verify(f).map_err(|e| failed("boot image", &e))?;
         }
         done.push(format!("boot image intact ({})", boot.kernel.parent().unwrap_or(&boot.kernel).display()));
@@ -228,7 +228,7 @@ impl Machines for QemuPair {
             // Only TCG guests are told (under KVM, kvmclock and the TSC-deadline timer do better).
             tsc_khz: if self.accel == Accel::Tcg { crate::platform::host_tsc_khz() } else { None },
             kernel: &image.kernel,
-            initrd: &image.initrd,
+            initrd: image.initrd.as_deref(),
             app_overlay: &overlay,
             qmp: &qmp,
             serial: &serial,
