@@ -86,6 +86,10 @@ struct Core {
     stepups: u64,
     served: u64,
     errors: u64,
+    /// An armed take-over: become active at `.0` once the peer is standby at `.1`.
+    take_over: Option<(u64, u64)>,
+    /// Why the last armed take-over (at that epoch) did not promote, if it did not.
+    take_over_refused: Option<(u64, RoleError)>,
 }
 
 /// One processor's agent.
@@ -148,6 +152,8 @@ impl Agent {
                 stepups: 0,
                 served: 0,
                 errors: 0,
+                take_over: None,
+                take_over_refused: None,
             }),
             changed: Notify::new(),
             crashed: Default::default(),
@@ -332,8 +338,18 @@ impl Agent {
     /// last update is refused, changing nothing, unless that update is applied here.
     pub fn set_role_holding(&self, to: Role, epoch: u64, holding: Option<u64>) -> Result<(Role, u64), RoleError> {
         let mut c = self.lock();
+        let r = self.change_role(&mut c, to, epoch, holding);
+        if r.is_ok() && c.take_over.is_some_and(|(e, _)| e <= epoch) {
+            // A newer command supersedes an armed take-over.
+            c.take_over = None;
+        }
+        self.changed.notify_waiters();
+        r
+    }
+
+    fn change_role(&self, c: &mut Core, to: Role, epoch: u64, holding: Option<u64>) -> Result<(Role, u64), RoleError> {
         let peer = c.peer.as_ref().and_then(|p| p.hello.clone()).or_else(|| c.last_peer.clone());
-        let refused = c.peer.as_ref().and_then(|p| p.hello.as_ref()).and_then(|h| self.pairing_problem(&c, h));
+        let refused = c.peer.as_ref().and_then(|p| p.hello.as_ref()).and_then(|h| self.pairing_problem(c, h));
         let peer = peer.map(|h| (h.name, h.role, h.epoch));
         let facts = Facts { peer, synced: c.synced, refused, seq: c.seq, holding };
         roles::check(c.role, to, epoch, c.epoch, &facts)?;
@@ -359,12 +375,75 @@ impl Agent {
                 }
             }
         }
-        self.announce(&mut c);
+        self.announce(c);
         if to == Role::Active && from != Role::Active {
-            self.step_up(&mut c, true);
+            self.step_up(c, true);
         }
-        self.changed.notify_waiters();
         Ok((c.role, c.epoch))
+    }
+
+    /// Arm a take-over ([`hitless_protocol::ControlRequest::TakeOver`]): this
+    /// standby becomes active at `epoch` once the peer says it is standby at
+    /// `peer_epoch`, if it holds every update the peer applied. Refused at
+    /// once if it could not be promoted now anyway (a stale epoch, not current).
+    pub fn arm_take_over(&self, epoch: u64, peer_epoch: u64) -> Result<(), RoleError> {
+        let mut c = self.lock();
+        if c.role == Role::Active && c.epoch == epoch {
+            // Taken over already: this is a retry after a lost answer.
+            return Ok(());
+        }
+        if epoch <= c.epoch {
+            return Err(RoleError::StaleEpoch { got: epoch, current: c.epoch });
+        }
+        if c.role != Role::Standby || !c.synced {
+            return Err(RoleError::NotCurrent);
+        }
+        c.take_over = Some((epoch, peer_epoch));
+        c.take_over_refused = None;
+        tracing::info!(epoch, peer_epoch, "armed to take over once the peer steps down");
+        // The peer may have stepped down already (its hello came before this command).
+        self.try_take_over(&mut c);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Promote, if a take-over is armed and the peer has stepped down as it expects.
+    fn try_take_over(&self, c: &mut Core) {
+        let Some((epoch, peer_epoch)) = c.take_over else { return };
+        let Some(h) = c.peer.as_ref().and_then(|p| p.hello.as_ref()) else { return };
+        let Some(holding) = h.seq else { return };
+        if h.role != Role::Standby || h.epoch != peer_epoch {
+            return;
+        }
+        c.take_over = None;
+        match self.change_role(c, Role::Active, epoch, Some(holding)) {
+            Ok(_) => tracing::info!(epoch, peer_epoch, "took over from the peer, which stepped down"),
+            Err(e) => {
+                tracing::warn!(epoch, "take-over refused: {e}");
+                c.take_over_refused = Some((epoch, e));
+            }
+        }
+    }
+
+    /// Wait (up to `bound`) for the take-over armed at `epoch`: Ok once
+    /// promoted by it; else why not, and it is disarmed.
+    pub async fn await_take_over(&self, epoch: u64, bound: Duration) -> Result<(), RoleError> {
+        let armed = |c: &Core| c.take_over.is_some_and(|(e, _)| e == epoch);
+        self.wait_for(bound, |c| !armed(c)).await;
+        let mut c = self.lock();
+        if c.role == Role::Active && c.epoch == epoch {
+            return Ok(());
+        }
+        if armed(&c) {
+            c.take_over = None;
+            return Err(RoleError::NotTakenOver(format!(
+                "the peer did not step down at the expected epoch within {bound:?}"
+            )));
+        }
+        match &c.take_over_refused {
+            Some((e, why)) if *e == epoch => Err(why.clone()),
+            _ => Err(RoleError::NotTakenOver(format!("a newer role command came first (epoch {} here)", c.epoch))),
+        }
     }
 
     /// Wait until `cond` holds, re-checked on every state change; false after `timeout`.
@@ -638,6 +717,12 @@ impl Agent {
                 c.last_peer = Some(h.clone());
                 if let Some(p) = c.peer.as_mut() {
                     p.hello = Some(h);
+                }
+                let role_before = c.role;
+                self.try_take_over(&mut c);
+                if c.role != role_before {
+                    // Taken over: the promotion stepped the peer up already.
+                    return LinkAction::None;
                 }
                 if c.role == Role::Active {
                     if peer_role == Role::Standby {

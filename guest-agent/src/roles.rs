@@ -31,6 +31,9 @@ pub enum RoleError {
     /// The peer refused to pair (e.g. a feature it lacks is enabled).
     #[error("cannot become standby: {0}")]
     PairingRefused(String),
+    /// An armed take-over did not happen (see [`crate::agent::Agent::await_take_over`]).
+    #[error("not taken over: {0}")]
+    NotTakenOver(String),
     /// A promotion required an update this standby has not applied (the demoted
     /// active acked work alone): promoted, it would step the old active up without it.
     #[error("refusing to become active: updates are applied here up to {seq}, the demoted active's up to {holding}")]

@@ -7,7 +7,7 @@ use crate::roles::RoleError;
 use crate::transport::{Listener, Stream};
 use hitless_protocol::{
     check_preamble, frame_into, from_frame, from_line, to_line, ControlReply, ControlRequest, Frames, Role, WorkReply,
-    WorkRequest, MAX_LINE,
+    WorkRequest, MAX_LINE, TAKE_OVER_WAIT_MS,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +103,20 @@ async fn handle(agent: &Agent, req: ControlRequest) -> ControlReply {
                     done(agent)
                 }
                 Ok(_) => done(agent),
+            }
+        }
+        ControlRequest::TakeOver { epoch, peer_epoch } => {
+            if let Err(e) = agent.arm_take_over(epoch, peer_epoch) {
+                return ControlReply::Error { message: format!("not taken over: {e}") };
+            }
+            match agent.await_take_over(epoch, Duration::from_millis(TAKE_OVER_WAIT_MS)).await {
+                Ok(()) => {
+                    // As after a promotion: the step-up and held work go out before this reply.
+                    tokio::task::yield_now().await;
+                    done(agent)
+                }
+                Err(RoleError::Lacking { seq, holding }) => ControlReply::Lacking { seq, holding },
+                Err(e) => ControlReply::Error { message: e.to_string() },
             }
         }
         ControlRequest::EnableFeature { feature } => match agent.enable_feature(&feature) {

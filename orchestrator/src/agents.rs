@@ -10,6 +10,7 @@ use crate::pair::{Pair, ProcId};
 use crate::wait::{wait_until, Timeouts, STATUS_POLL};
 use hitless_protocol::{
     ControlReply, ControlRequest, Evaluation, Hello, OutputStream, Role, Status, WorkUnit, CONTROL_PORT,
+    TAKE_OVER_WAIT_MS,
 };
 use std::time::{Duration, Instant};
 
@@ -190,6 +191,8 @@ impl Agents {
             ControlRequest::Crash => (quick, false),
             // The agent may wait for its peer's hello, or flush its in-flight updates, first.
             ControlRequest::SetRole { .. } => (ROLE_CHANGE_WAIT + quick, true),
+            // Answered once the peer has stepped down (or the agent stopped waiting for it).
+            ControlRequest::TakeOver { .. } => (Duration::from_millis(TAKE_OVER_WAIT_MS) + quick, true),
             // Not through `control`: see `exec`.
             ControlRequest::Exec { timeout_ms, .. } => (Duration::from_millis(*timeout_ms) + quick, false),
             ControlRequest::Evaluate { window_ms } => {
@@ -256,6 +259,15 @@ impl Agents {
         match self.control(p, ControlRequest::SetRole { role, epoch, holding }).await? {
             ControlReply::Done { seq, .. } => Ok(seq),
             other => Err(self.refused(p, format!("unexpected reply to a role command: {other:?}"))),
+        }
+    }
+
+    /// Arm `p` to become active at `epoch` once its peer steps down at
+    /// `peer_epoch` (see [`ControlRequest::TakeOver`]); answered once it has.
+    pub async fn take_over(&self, p: ProcId, epoch: u64, peer_epoch: u64) -> Result<(), ProcessorError> {
+        match self.control(p, ControlRequest::TakeOver { epoch, peer_epoch }).await? {
+            ControlReply::Done { .. } => Ok(()),
+            other => Err(self.refused(p, format!("unexpected reply to a take-over: {other:?}"))),
         }
     }
 

@@ -46,6 +46,15 @@ pub enum Access {
     Observe,
 }
 
+/// What became of a switchover's two role changes ([`Testbed::switch_roles`]).
+#[derive(Debug)]
+pub struct Switched {
+    /// The old active's demotion: the last update it applied, when it says.
+    pub demoted: Result<Option<u64>, Error>,
+    /// The new one's take-over.
+    pub took_over: Result<(), Error>,
+}
+
 /// The running pair.
 pub struct Testbed {
     cfg: Config,
@@ -483,6 +492,36 @@ impl Testbed {
         }
         self.events.emit(Event::Role { processor: self.name(p).into(), role, epoch });
         Ok(seq)
+    }
+
+    /// A switchover's two role changes at once: `old` is demoted to standby
+    /// while `new` is armed to take over as soon as it hears so over the link,
+    /// holding everything `old` applied ([`crate::agents::Agents::take_over`]),
+    /// so no round trip through the host sits between the demotion and the
+    /// promotion. Each outcome is the caller's to act on: a failed demotion
+    /// (fence `old`), a take-over that did not happen (promote `new` by
+    /// command; an agent that lacks `old`'s updates refuses that too). Errs
+    /// only when the run directory cannot record the epochs.
+    pub async fn switch_roles(&mut self, old: ProcId, new: ProcId) -> Result<Switched, Error> {
+        self.writable()?;
+        self.state.epoch += 2;
+        let (down, up) = (self.state.epoch - 1, self.state.epoch);
+        self.save()?;
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).forget();
+        self.undesignate(old);
+        // The take-over is asked first: armed before `old`'s hello arrives, or it
+        // finds that hello already there.
+        let (took_over, demoted) =
+            tokio::join!(self.agents.take_over(new, up, down), self.agents.set_role(old, Role::Standby, down, None));
+        // Events in one order whatever order the answers came in (transcripts are compared).
+        if demoted.is_ok() {
+            self.events.emit(Event::Role { processor: self.name(old).into(), role: Role::Standby, epoch: down });
+        }
+        if took_over.is_ok() {
+            self.designated.set(Some(new));
+            self.events.emit(Event::Role { processor: self.name(new).into(), role: Role::Active, epoch: up });
+        }
+        Ok(Switched { demoted: demoted.map_err(Error::from), took_over: took_over.map_err(Error::from) })
     }
 
     /// Make `p` standby and wait until its step-up from the other is complete.

@@ -86,6 +86,10 @@ pub const WORK_PORT: u32 = 1025;
 pub const LINK_PORT: u16 = 7100;
 /// Interval of [`LinkMsg::Heartbeat`] on an idle link.
 pub const HEARTBEAT_MS: u64 = 100;
+/// How long an armed [`ControlRequest::TakeOver`] waits for the peer to step
+/// down: its hello comes over the link in milliseconds when all is well; a
+/// peer that has not stepped down by then is the host's to deal with.
+pub const TAKE_OVER_WAIT_MS: u64 = 1000;
 /// A link silent for this long is considered down: ten missed heartbeats, so a
 /// stalled TCG vCPU is tolerated, yet shorter than a reload (~3 s), so the
 /// survivor is already redialling when the reloaded peer starts listening.
@@ -377,6 +381,21 @@ pub enum ControlRequest {
         /// promoted, it would step the old active up with a state lacking acked work.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         holding: Option<u64>,
+    },
+    /// Become active at `epoch` as soon as the peer has stepped down to
+    /// standby at `peer_epoch` (its hello over the link says so), holding every
+    /// update the peer applied (the hello's `seq`): a switchover's promotion
+    /// without a round trip through the host between the demotion and it.
+    /// Answered once promoted ([`ControlReply::Done`]), refused if the update
+    /// is missing here ([`ControlReply::Lacking`]), or an error if the peer has
+    /// not stepped down within [`TAKE_OVER_WAIT_MS`] or a newer role command
+    /// came first; then nothing changed. Agents before it answer an error
+    /// (an unknown request), and the host promotes by [`ControlRequest::SetRole`].
+    TakeOver {
+        /// The epoch to become active at.
+        epoch: u64,
+        /// The epoch the peer's demotion carries.
+        peer_epoch: u64,
     },
     /// Enable a new feature.
     EnableFeature {

@@ -210,6 +210,24 @@ fn holding_and_done_seq_are_optional_and_round_trip() {
     assert_eq!(from_line::<ControlReply>(&to_line(&lacking).unwrap()).unwrap(), lacking);
 }
 
+/// A take-over is a request of its own, not a field of `set-role`: an agent
+/// from before it fails to decode the line (and answers an error) instead of
+/// reading a promotion to do at once.
+#[test]
+fn a_take_over_is_its_own_request_that_older_agents_cannot_mistake_for_a_promotion() {
+    let req = ControlRequest::TakeOver { epoch: 6, peer_epoch: 5 };
+    let line = to_line(&req).unwrap();
+    assert_eq!(String::from_utf8(line.clone()).unwrap(), "{\"type\":\"take-over\",\"epoch\":6,\"peer_epoch\":5}\n");
+    assert_eq!(from_line::<ControlRequest>(&line).unwrap(), req);
+    #[derive(serde::Deserialize)]
+    #[serde(tag = "type", rename_all = "kebab-case")]
+    #[allow(dead_code)]
+    enum Older {
+        SetRole { role: Role, epoch: u64 },
+    }
+    assert!(from_line::<Older>(&line).is_err());
+}
+
 #[test]
 fn work_messages_round_trip() {
     let replies = [

@@ -43,6 +43,8 @@ async fn happy_path_1_to_2() {
     let (report, transcript) = run(&mut tb, "2.0.0").await;
     insta::assert_snapshot!("happy_path", transcript);
     assert_eq!(report.end, End::Completed, "{}", report.message);
+    // The switchover's promotion was a take-over over the link, not a host command after it.
+    assert!(!transcript.contains("did not take over"), "{transcript}");
     assert_invariants(&report);
     assert_eq!(report.gaps.len(), 1);
     assert!(report.acked > 100, "the workload ran during the upgrade: {}", report.acked);

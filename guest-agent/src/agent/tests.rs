@@ -529,3 +529,99 @@ fn a_promotion_holding_an_update_the_standby_lacks_is_refused_and_changes_nothin
     // Holding no more than it applied, it is promoted.
     assert_eq!(w.b.set_role_holding(Role::Active, 4, Some(held - 1)), Ok((Role::Active, 4)));
 }
+
+/// p121 active with `n` units registered by p122, then p122 armed to take
+/// over at epoch 4 once p121 is standby at epoch 3.
+fn armed(n: u32) -> Wire {
+    let mut w = Wire::paired();
+    for i in 1..=n {
+        w.open(i);
+    }
+    w.pump(|_| false);
+    w.acks();
+    w.b.arm_take_over(4, 3).unwrap();
+    w
+}
+
+#[tokio::test]
+async fn an_armed_standby_takes_over_as_its_peer_steps_down_with_no_host_command() {
+    let mut w = armed(3);
+    assert_eq!(w.b.hello().role, Role::Standby, "promoted before the peer stepped down");
+    // A demotion at another epoch is not the one it was armed for.
+    w.a.set_role(Role::Standby, 2).unwrap();
+    w.pump(|_| false);
+    assert_eq!(w.b.hello().role, Role::Standby, "promoted by a demotion it was not armed for");
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.to_a_log.clear();
+    w.pump(|_| false);
+    assert_eq!((w.b.hello().role, w.b.hello().epoch), (Role::Active, 4));
+    assert_eq!(w.b.await_take_over(4, Duration::from_millis(10)).await, Ok(()));
+    // It stepped its old active up by the history chain, once: no full step-up.
+    let steps: Vec<_> =
+        w.to_a_log.iter().filter(|m| matches!(m, LinkMsg::Continue { .. } | LinkMsg::StepUp { .. })).collect();
+    assert!(matches!(&steps[..], [LinkMsg::Continue { seq: 3, .. }]), "{steps:?}");
+    // And serves: work is acked once p121 registered it.
+    let req = WorkRequest { id: "w9".into(), op: Operation::Open { unit: "u9".into(), fields: Default::default() } };
+    assert!(w.b.work(req, &w.reply_tx));
+    w.pump(|_| false);
+    assert!(w.acks().iter().any(|(id, registered)| id == "w9" && *registered));
+    assert!(w.same_state());
+    // Asked again (a reply lost on the way): the same answer, nothing changes.
+    assert_eq!(w.b.arm_take_over(4, 3), Ok(()));
+    assert_eq!(w.b.await_take_over(4, Duration::from_millis(10)).await, Ok(()));
+}
+
+#[tokio::test]
+async fn an_armed_standby_that_lacks_what_its_peer_applied_is_not_promoted() {
+    let mut w = armed(1);
+    // p121 applies w2, whose update never reaches p122 (which sees no gap: it is still synced).
+    w.open(2);
+    w.lose_to_b();
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.pump(|_| false);
+    assert_eq!(w.b.hello().role, Role::Standby, "promoted without w2: it would step p121 up without it");
+    let held = w.a.status().replication.seq;
+    assert_eq!(
+        w.b.await_take_over(4, Duration::from_millis(10)).await,
+        Err(RoleError::Lacking { seq: held - 1, holding: held })
+    );
+}
+
+#[tokio::test]
+async fn a_take_over_whose_peer_never_steps_down_ends_disarmed_and_changes_nothing() {
+    let mut w = armed(1);
+    let before = w.b.hello();
+    let r = w.b.await_take_over(4, Duration::from_millis(20)).await;
+    assert!(matches!(r, Err(RoleError::NotTakenOver(ref why)) if why.contains("did not step down")), "{r:?}");
+    // Disarmed: the peer stepping down later promotes nobody.
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.pump(|_| false);
+    assert_eq!((w.b.hello().role, w.b.hello().epoch), (Role::Standby, before.epoch));
+}
+
+#[tokio::test]
+async fn a_newer_role_command_supersedes_an_armed_take_over() {
+    let mut w = armed(1);
+    w.b.set_role(Role::OutOfService, 5).unwrap();
+    let r = w.b.await_take_over(4, Duration::from_millis(10)).await;
+    assert!(matches!(r, Err(RoleError::NotTakenOver(ref why)) if why.contains("newer role command")), "{r:?}");
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.pump(|_| false);
+    assert_eq!(w.b.hello().role, Role::OutOfService);
+}
+
+#[tokio::test]
+async fn a_take_over_armed_after_the_peer_stepped_down_happens_at_once() {
+    let mut w = Wire::paired();
+    w.open(1);
+    w.pump(|_| false);
+    w.a.set_role(Role::Standby, 3).unwrap();
+    w.pump(|_| false);
+    // Its hello came before the host's command: the arming itself promotes.
+    assert_eq!(w.b.arm_take_over(4, 3), Ok(()));
+    assert_eq!((w.b.hello().role, w.b.hello().epoch), (Role::Active, 4));
+    assert_eq!(w.b.await_take_over(4, Duration::from_millis(10)).await, Ok(()));
+    // Neither a stale epoch nor a processor that is not a current standby can be armed.
+    assert!(matches!(w.a.arm_take_over(3, 4), Err(RoleError::StaleEpoch { .. })));
+    assert_eq!(w.b.arm_take_over(6, 5), Err(RoleError::NotCurrent), "an active armed");
+}

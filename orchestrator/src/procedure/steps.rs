@@ -145,8 +145,12 @@ impl Run<'_> {
             self.tb.wait_seen_current(old).await?;
         }
         let t0 = self.now();
+        // Counted before any promotion is sent: a cancel may abandon this step while
+        // the new active already serves, and its acks must not look like a second active.
+        self.switches.push((step, t0, t0, self.tb.name(new).to_string()));
         // The demoted active's last update, which `new` must hold to be promoted (none once `old` is fenced).
         let mut holding = None;
+        let mut taken_over = false;
         if !self.tb.alive(old) {
             // It died on its own: fenced (the watch stands down: this switchover is the failover).
             self.tb.events().progress(format!(
@@ -162,7 +166,8 @@ impl Run<'_> {
                 .progress(format!("{}'s agent exited ({line}); fencing it by stopping its machine", self.tb.name(old)));
             self.tb.stop(old).await;
         } else {
-            match self.tb.set_role(old, Role::Standby).await {
+            let switched = self.tb.switch_roles(old, new).await?;
+            match switched.demoted {
                 Ok(seq) => holding = Some(self.said_last_update(old, seq)?),
                 // It does not obey (its agent died while its machine is still going down, or it
                 // refused): fence it — stop its machine — before anything else becomes active.
@@ -175,14 +180,23 @@ impl Run<'_> {
                     self.tb.stop(old).await;
                 }
             }
+            // Not taken over (the link was down, it lacks updates `old` applied, an agent
+            // from before take-overs): promoted by command below, which says why if it cannot be.
+            taken_over = switched.took_over.is_ok();
+            if let Err(e) = &switched.took_over {
+                self.tb.events().progress(format!(
+                    "{} did not take over ({}); promoting it by command",
+                    self.tb.name(new),
+                    chain(e)
+                ));
+            }
         }
-        // Counted before the promotion is sent: a cancel may abandon this step while
-        // the new active already serves, and its acks must not look like a second active.
-        self.switches.push((step, t0, t0, self.tb.name(new).to_string()));
-        match holding {
-            Some(holding) => self.promote_holding(old, new, holding).await?,
-            None => {
-                self.tb.set_role(new, Role::Active).await?;
+        if !taken_over {
+            match holding {
+                Some(holding) => self.promote_holding(old, new, holding).await?,
+                None => {
+                    self.tb.set_role(new, Role::Active).await?;
+                }
             }
         }
         let t1 = self.now();

@@ -42,8 +42,47 @@ async fn an_active_that_acked_work_alone_after_the_currency_check_hands_it_over_
         |e| matches!(e.event, crate::events::Event::Progress { ref message } if message.contains("is made active again")),
     );
     assert!(handed_back, "the switchover did not hand the work back");
+    // The new one could not take over by itself (the link was cut): promoted by command, and said so.
+    assert!(progress_says(&events, "did not take over"), "no word of the take-over's failure");
     // ... and, promoted, the new active holds everything the old one acked.
     let s = tb.agents().status(new).await.unwrap();
     assert_eq!(s.hello.role, hitless_protocol::Role::Active);
     assert!(s.replication.seq >= acked, "the new active holds updates up to {}, {acked} were acked", s.replication.seq);
+}
+
+fn progress_says(events: &Events, text: &str) -> bool {
+    events
+        .entries()
+        .into_iter()
+        .any(|e| matches!(e.event, crate::events::Event::Progress { ref message } if message.contains(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_current_standby_takes_over_as_the_active_steps_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = Events::new();
+    let mut tb = simulated(&tmp, events.clone()).await;
+    let (old, new) = (ProcId::FIRST, ProcId::SECOND);
+    let plan = plan(&tb, "2.0.0").await.unwrap();
+    let mut run = Run::start(&mut tb, plan, false, None, None, Vec::new()).unwrap();
+    run.switch_over(old, new, Step::SwitchOverAndEvaluate).await.unwrap();
+    drop(run);
+    // No promotion by command: the new active took over as it heard the old one step down.
+    assert!(!progress_says(&events, "did not take over"), "{:#?}", events.entries());
+    let roles: Vec<_> = events
+        .entries()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            crate::events::Event::Role { processor, role, epoch } => Some((processor, role, epoch)),
+            _ => None,
+        })
+        .collect();
+    let last_two = &roles[roles.len() - 2..];
+    assert_eq!(last_two[0].0, tb.name(old));
+    assert_eq!(last_two[0].1, hitless_protocol::Role::Standby);
+    assert_eq!((last_two[1].0.as_str(), last_two[1].1), (tb.name(new), hitless_protocol::Role::Active));
+    assert_eq!(last_two[1].2, last_two[0].2 + 1, "the take-over's epoch follows the demotion's");
+    let s = tb.agents().status(new).await.unwrap();
+    assert_eq!(s.hello.role, hitless_protocol::Role::Active);
+    tb.wait_standby_current(old).await.unwrap();
 }
