@@ -87,11 +87,9 @@ fn supervise(agent: libc::pid_t) -> ! {
 
 /// The status as a shell reports it: the exit code, or 128 + the signal.
 fn exit_status(status: libc::c_int) -> i32 {
-    if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else {
-        libc::WEXITSTATUS(status)
-    }
+    use std::os::unix::process::ExitStatusExt;
+    let s = std::process::ExitStatus::from_raw(status);
+    s.code().or_else(|| s.signal().map(|n| 128 + n)).unwrap_or(-1)
 }
 
 /// One argument per line; blank lines are not arguments.

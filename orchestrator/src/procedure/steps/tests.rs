@@ -31,23 +31,24 @@ async fn an_active_that_acked_work_alone_after_the_currency_check_hands_it_over_
         tokio::time::sleep(Duration::from_millis(1500)).await;
         undo.link_dir(old, LinkDir::Both, true);
     });
-    let plan = plan(&tb, "2.0.0").await.unwrap();
-    let mut run = Run::start(&mut tb, plan, false, None, None, Vec::new()).unwrap();
-    run.switch_over(old, new, Step::SwitchOverAndEvaluate).await.unwrap();
-    drop(run);
+    switch_over(&mut tb, old, new).await;
     faults.await.unwrap();
 
     // The old active was made active again to hand its work over ...
-    let handed_back = events.entries().into_iter().any(
-        |e| matches!(e.event, crate::events::Event::Progress { ref message } if message.contains("is made active again")),
-    );
-    assert!(handed_back, "the switchover did not hand the work back");
+    assert!(progress_says(&events, "is made active again"), "the switchover did not hand the work back");
     // The new one could not take over by itself (the link was cut): promoted by command, and said so.
     assert!(progress_says(&events, "did not take over"), "no word of the take-over's failure");
     // ... and, promoted, the new active holds everything the old one acked.
     let s = tb.agents().status(new).await.unwrap();
     assert_eq!(s.hello.role, hitless_protocol::Role::Active);
     assert!(s.replication.seq >= acked, "the new active holds updates up to {}, {acked} were acked", s.replication.seq);
+}
+
+/// Step 204's switchover from `old` to `new`, in an upgrade to 2.0.0.
+async fn switch_over(tb: &mut crate::testbed::Testbed, old: ProcId, new: ProcId) {
+    let plan = plan(tb, "2.0.0").await.unwrap();
+    let mut run = Run::start(tb, plan, false, None, None, Vec::new()).unwrap();
+    run.switch_over(old, new, Step::SwitchOverAndEvaluate).await.unwrap();
 }
 
 fn progress_says(events: &Events, text: &str) -> bool {
@@ -63,10 +64,7 @@ async fn a_current_standby_takes_over_as_the_active_steps_down() {
     let events = Events::new();
     let mut tb = simulated(&tmp, events.clone()).await;
     let (old, new) = (ProcId::FIRST, ProcId::SECOND);
-    let plan = plan(&tb, "2.0.0").await.unwrap();
-    let mut run = Run::start(&mut tb, plan, false, None, None, Vec::new()).unwrap();
-    run.switch_over(old, new, Step::SwitchOverAndEvaluate).await.unwrap();
-    drop(run);
+    switch_over(&mut tb, old, new).await;
     // No promotion by command: the new active took over as it heard the old one step down.
     assert!(!progress_says(&events, "did not take over"), "{:#?}", events.entries());
     let roles: Vec<_> = events
