@@ -71,7 +71,7 @@ fn settings(a: &Args) -> Result<(Settings, Option<String>), String> {
     let (name, dial, log, db_capacity) = if a.from_cmdline {
         let line = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
         let c = guest::parse_cmdline(&line)?;
-        let dial = if c.dial { Some(guest::peer_addr(c.peer, "eth0", LINK_PORT)?) } else { None };
+        let dial = if c.dial { Some(guest::peer_addr(c.peer, init::LINK_NIC, LINK_PORT)?) } else { None };
         let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
         (c.name, dial, c.log, guest::db_capacity(&meminfo)?)
     } else {

@@ -475,17 +475,23 @@ impl Testbed {
         self.command_role(p, Role::Active, Some(holding)).await.map(|_| ())
     }
 
-    async fn command_role(&mut self, p: ProcId, role: Role, holding: Option<u64>) -> Result<Option<u64>, Error> {
+    /// Take `n` new epochs (recorded before any command carries them) and
+    /// return the last; `leaving` is the processor whose active role ends with
+    /// the command, so the watch does not take its demotion for a loss.
+    fn next_epochs(&mut self, n: u64, leaving: Option<ProcId>) -> Result<u64, Error> {
         self.writable()?;
-        self.state.epoch += 1;
-        let epoch = self.state.epoch;
+        self.state.epoch += n;
         self.save()?;
         // Whatever the watch saw current may not be any more.
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).forget();
-        if role != Role::Active {
-            // Its role ends as the command is sent: the watch must not take its demotion for a loss.
+        if let Some(p) = leaving {
             self.undesignate(p);
         }
+        Ok(self.state.epoch)
+    }
+
+    async fn command_role(&mut self, p: ProcId, role: Role, holding: Option<u64>) -> Result<Option<u64>, Error> {
+        let epoch = self.next_epochs(1, (role != Role::Active).then_some(p))?;
         let seq = self.agents.set_role(p, role, epoch, holding).await?;
         if role == Role::Active {
             self.designated.set(Some(p));
@@ -503,12 +509,8 @@ impl Testbed {
     /// command; an agent that lacks `old`'s updates refuses that too). Errs
     /// only when the run directory cannot record the epochs.
     pub async fn switch_roles(&mut self, old: ProcId, new: ProcId) -> Result<Switched, Error> {
-        self.writable()?;
-        self.state.epoch += 2;
-        let (down, up) = (self.state.epoch - 1, self.state.epoch);
-        self.save()?;
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).forget();
-        self.undesignate(old);
+        let up = self.next_epochs(2, Some(old))?;
+        let down = up - 1;
         // The take-over is asked first: armed before `old`'s hello arrives, or it
         // finds that hello already there.
         let (took_over, demoted) =

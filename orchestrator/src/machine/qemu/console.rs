@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// What the agent prints on the console once its vsock services listen.
 pub const LISTENING_MARK: &str = ") listening";
 /// What the guest's init prints when the agent has exited (the machine stays up).
-pub const AGENT_EXITED_MARK: &str = "init: the agent exited";
+pub const AGENT_EXITED_MARK: &str = hitless_agent::init::AGENT_EXITED;
 
 /// Follows a serial log from an offset, reading only what was appended since the last look.
 #[derive(Debug)]

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_that_acked_work_alone_after_the_currency_check_hands_it_over_before_the_promotion() {
-    let tmp = tempfile::tempdir().unwrap();
-    let events = Events::new();
-    let mut tb = simulated(&tmp, events.clone()).await;
+    let (_tmp, events, mut tb) = pair().await;
     let (old, new) = (ProcId::FIRST, ProcId::SECOND);
     let pair = tb.simulated_pair().unwrap();
     // The link is cut: past its timeout the active runs alone and acks work its standby never gets.
@@ -44,6 +42,14 @@ async fn an_active_that_acked_work_alone_after_the_currency_check_hands_it_over_
     assert!(s.replication.seq >= acked, "the new active holds updates up to {}, {acked} were acked", s.replication.seq);
 }
 
+/// A simulated pair up on 1.0.0, its events, and the directory it lives in.
+async fn pair() -> (tempfile::TempDir, Events, crate::testbed::Testbed) {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = Events::new();
+    let tb = simulated(&tmp, events.clone()).await;
+    (tmp, events, tb)
+}
+
 /// Step 204's switchover from `old` to `new`, in an upgrade to 2.0.0.
 async fn switch_over(tb: &mut crate::testbed::Testbed, old: ProcId, new: ProcId) {
     let plan = plan(tb, "2.0.0").await.unwrap();
@@ -60,9 +66,7 @@ fn progress_says(events: &Events, text: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_current_standby_takes_over_as_the_active_steps_down() {
-    let tmp = tempfile::tempdir().unwrap();
-    let events = Events::new();
-    let mut tb = simulated(&tmp, events.clone()).await;
+    let (_tmp, events, mut tb) = pair().await;
     let (old, new) = (ProcId::FIRST, ProcId::SECOND);
     switch_over(&mut tb, old, new).await;
     // No promotion by command: the new active took over as it heard the old one step down.
