@@ -45,6 +45,10 @@ pub mod recipe {
             "0002-net-linkwatch-carrier-up-is-urgent.patch",
             include_str!("../../../images/kernel/0002-net-linkwatch-carrier-up-is-urgent.patch"),
         ),
+        (
+            "0003-x86-entry-one-kernel-stack-segment.patch",
+            include_str!("../../../images/kernel/0003-x86-entry-one-kernel-stack-segment.patch"),
+        ),
     ];
 
     /// The entries of a recipe list: non-empty lines without comments.
