@@ -49,6 +49,10 @@ pub mod recipe {
             "0003-x86-entry-one-kernel-stack-segment.patch",
             include_str!("../../../images/kernel/0003-x86-entry-one-kernel-stack-segment.patch"),
         ),
+        (
+            "0004-x86-head-fxsr-sse-at-first-cr4-write.patch",
+            include_str!("../../../images/kernel/0004-x86-head-fxsr-sse-at-first-cr4-write.patch"),
+        ),
     ];
 
     /// The entries of a recipe list: non-empty lines without comments.
