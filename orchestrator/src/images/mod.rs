@@ -35,24 +35,18 @@ pub mod recipe {
     pub const KERNEL_FRAGMENT: &str = include_str!("../../../images/kernel/config.fragment");
     /// The script that builds the kernel from Debian's source package.
     pub const KERNEL_BUILD: &str = include_str!("../../../images/kernel/build.sh");
+    /// A kernel patch of `images/kernel/` by file name: (file name, text).
+    macro_rules! patch {
+        ($name:literal) => {
+            ($name, include_str!(concat!("../../../images/kernel/", $name)))
+        };
+    }
     /// The patches applied to the kernel source, in order: (file name, text).
     pub const KERNEL_PATCHES: &[(&str, &str)] = &[
-        (
-            "0001-x86-mm-skip-init-memory-poisoning.patch",
-            include_str!("../../../images/kernel/0001-x86-mm-skip-init-memory-poisoning.patch"),
-        ),
-        (
-            "0002-net-linkwatch-carrier-up-is-urgent.patch",
-            include_str!("../../../images/kernel/0002-net-linkwatch-carrier-up-is-urgent.patch"),
-        ),
-        (
-            "0003-x86-entry-one-kernel-stack-segment.patch",
-            include_str!("../../../images/kernel/0003-x86-entry-one-kernel-stack-segment.patch"),
-        ),
-        (
-            "0004-x86-head-fxsr-sse-at-first-cr4-write.patch",
-            include_str!("../../../images/kernel/0004-x86-head-fxsr-sse-at-first-cr4-write.patch"),
-        ),
+        patch!("0001-x86-mm-skip-init-memory-poisoning.patch"),
+        patch!("0002-net-linkwatch-carrier-up-is-urgent.patch"),
+        patch!("0003-x86-entry-one-kernel-stack-segment.patch"),
+        patch!("0004-x86-head-fxsr-sse-at-first-cr4-write.patch"),
     ];
 
     /// The entries of a recipe list: non-empty lines without comments.
