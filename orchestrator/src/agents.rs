@@ -320,7 +320,7 @@ impl Agents {
                 return Err(self.refused(standby, format!("cannot become standby: {why}")));
             }
             let seen_from_active = a.hello.role == Role::Active && a.replication.standby_current().is_ok();
-            Ok((s.replication.synced && seen_from_active).then_some(()))
+            Ok((s.replication.synced && seen_from_active && answered(&s, &a)).then_some(()))
         };
         let expired = || ProcessorError::Timeout {
             processor: self.names[standby].clone(),
@@ -387,3 +387,22 @@ impl Agents {
         Ok(())
     }
 }
+
+/// Whether the active `a` has answered the standby `s` as it is now: it has
+/// heard the standby's latest hello (a role command, even one that changes no
+/// role, or a feature enabled makes the standby announce itself again, and the
+/// active steps it up anew on each), and the standby holds that step-up's
+/// generation. Without this a wait could end on the previous step-up's
+/// registration while the next one is still on its way.
+fn answered(s: &Status, a: &Status) -> bool {
+    let heard = a.peer.as_ref().is_some_and(|p| {
+        p.connected
+            && p.hello.role == Role::Standby
+            && p.hello.epoch == s.hello.epoch
+            && p.hello.enabled == s.hello.enabled
+    });
+    heard && s.replication.generation == a.replication.generation
+}
+
+#[cfg(test)]
+mod tests;

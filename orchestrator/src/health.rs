@@ -187,6 +187,13 @@ mod tests {
 
         let simplex = Replication { simplex: true, registered: None, ..current() };
         assert!(matches!(&assess(&Pair::new(active(simplex), standby()))[..], [Problem::StandbyNotCurrent { .. }]));
+        // Attached, its step-up sent, not yet registered: not current either, and not called simplex.
+        let stepping_up = Replication { registered: None, ..current() };
+        let p = assess(&Pair::new(active(stepping_up), standby()));
+        assert!(
+            matches!(&p[..], [Problem::StandbyNotCurrent { why, .. }] if why.contains("not confirmed its step-up")),
+            "{p:?}"
+        );
 
         let paused = Pair::new(active(current()), proc("p122", Some("paused"), Err("timeout".into())));
         assert_eq!(

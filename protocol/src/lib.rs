@@ -471,8 +471,11 @@ impl Replication {
     /// heard from within that bound. The standby's own `synced` flag cannot say
     /// this: it stays true after its link is gone.
     pub fn standby_current(&self) -> Result<(), String> {
-        if self.simplex || self.registered.is_none() {
+        if self.simplex {
             return Err("no standby is attached (simplex)".into());
+        }
+        if self.registered.is_none() {
+            return Err("the standby has not confirmed its step-up yet".into());
         }
         if self.unregistered_ms > REGISTRATION_BOUND_MS {
             return Err(format!("an update has waited {} ms for the standby to register it", self.unregistered_ms));

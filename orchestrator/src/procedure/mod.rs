@@ -18,7 +18,7 @@ mod run;
 mod steps;
 pub mod table;
 #[cfg(test)]
-mod test_pair;
+pub(crate) mod test_pair;
 pub mod watch;
 
 pub use journal::{describe_plan, plan, read_journal, resume_step, Journal, Plan};
