@@ -6,6 +6,7 @@
 //! separate build of this crate (see [`build`]).
 
 pub mod agent;
+pub mod alloc;
 pub mod build;
 pub mod db;
 pub mod exec;

@@ -16,7 +16,7 @@ use tracing_subscriber::{filter::Targets, prelude::*};
 /// (its small per-size caches run out at a batch), and every guest
 /// instruction is emulated under TCG.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: hitless_agent::alloc::Alloc = hitless_agent::alloc::Alloc;
 
 #[derive(Debug, PartialEq, Eq, Parser)]
 #[command(version = build::VERSION, about = "The software on each processor of a hitless active/standby pair")]
