@@ -14,7 +14,7 @@ use tracing_subscriber::{filter::Targets, prelude::*};
 /// Every work unit allocates a few strings and frees them once replicated, in
 /// batches: glibc's malloc took a third of the active's instructions per unit
 /// (its small per-size caches run out at a batch), and every guest
-/// instruction is emulated under TCG.
+/// instruction is emulated under TCG. So: mimalloc, entered as `alloc` says.
 #[global_allocator]
 static ALLOC: hitless_agent::alloc::Alloc = hitless_agent::alloc::Alloc;
 
