@@ -90,6 +90,9 @@ struct Core {
     take_over: Option<(u64, u64)>,
     /// Why the last armed take-over (at that epoch) did not promote, if it did not.
     take_over_refused: Option<(u64, RoleError)>,
+    /// The work connections' reply channels (weak: a closed connection's
+    /// writer must still end), told at once when this active steps down.
+    clients: Vec<mpsc::WeakUnboundedSender<WorkReply>>,
 }
 
 /// One processor's agent.
@@ -154,6 +157,7 @@ impl Agent {
                 errors: 0,
                 take_over: None,
                 take_over_refused: None,
+                clients: Vec::new(),
             }),
             changed: Notify::new(),
             crashed: Default::default(),
@@ -379,7 +383,29 @@ impl Agent {
         if to == Role::Active && from != Role::Active {
             self.step_up(c, true);
         }
+        if from == Role::Active && to != Role::Active {
+            // After the hello: the peer hears of it before the clients come.
+            Self::tell_clients(c, to);
+        }
         Ok((c.role, c.epoch))
+    }
+
+    /// A work connection's replies go to `tx`: told at once, should this
+    /// active step down, not at the client's next request.
+    pub fn add_client(&self, tx: &ReplyTx) {
+        let mut c = self.lock();
+        c.clients.retain(|w| w.strong_count() > 0);
+        c.clients.push(tx.downgrade());
+    }
+
+    /// Tell every client of this demoted active that it is not active (a
+    /// "not active" with no request id): they go to the new active now,
+    /// where waiting for their next request would cost the service gap up to
+    /// a pace and a round trip.
+    fn tell_clients(c: &mut Core, role: Role) {
+        for tx in c.clients.drain(..).filter_map(|w| w.upgrade()) {
+            let _ = tx.send(WorkReply::NotActive { id: String::new(), role, active: None });
+        }
     }
 
     /// Arm a take-over ([`hitless_protocol::ControlRequest::TakeOver`]): this
@@ -469,18 +495,19 @@ impl Agent {
     }
 
     /// Mid-switchover, is this the processor about to be promoted? It is a
-    /// current standby, and its peer on the link a standby too at a newer
-    /// epoch: the active has just stepped down (the last standby command went
-    /// to the peer), and only a current standby may be promoted. The rule needs
-    /// no state of its own and holds in a fallback too, where the one left
-    /// behind gets a newer standby command.
+    /// current standby, and either armed to take over or its peer on the link
+    /// a standby too at a newer epoch: the active has just stepped down (the
+    /// last standby command went to the peer), and only a current standby may
+    /// be promoted. The second rule needs no state of its own and holds in a
+    /// fallback too, where the one left behind gets a newer standby command.
     fn about_to_be_promoted(c: &Core) -> bool {
-        c.role == Role::Standby
-            && c.synced
-            && c.peer
-                .as_ref()
-                .and_then(|p| p.hello.as_ref())
-                .is_some_and(|h| h.role == Role::Standby && h.epoch > c.epoch)
+        let peer_stepped_down = c
+            .peer
+            .as_ref()
+            .and_then(|p| p.hello.as_ref())
+            .is_some_and(|h| h.role == Role::Standby && h.epoch > c.epoch);
+        // Armed to take over: a client told by the old active may come before its hello.
+        c.role == Role::Standby && c.synced && (peer_stepped_down || c.take_over.is_some())
     }
 
     /// Wait (up to `bound`) until this processor is no longer about to be

@@ -68,10 +68,12 @@ async fn run(agent: Arc<Agent>, stream: TcpStream) {
                 Err(_) => LinkMsg::Heartbeat,
             };
             // Batch whatever is queued into one write: many updates per syscall.
-            // Tasks woken with this one (a promotion's held work after its
-            // step-up, other clients' requests) queue theirs first: under TCG one
-            // write through the guest's TCP stack costs more than a scheduler pass.
-            tokio::task::yield_now().await;
+            // No yield before it (there was one, to batch more): a yield waits
+            // for the runtime's next I/O poll and every task that wakes, each
+            // client's write a syscall under TCG, and held a stepping-down
+            // active's hello and a new active's first updates 1-5 ms at a
+            // switchover. A promotion's held work still goes with its step-up:
+            // the held requests wake before the step-up is queued.
             let negotiated = writer_agent.negotiated();
             let mut next = Some(first);
             while let Some(msg) = next {

@@ -167,6 +167,7 @@ pub async fn work(agent: Arc<Agent>, stream: Box<dyn Stream>) {
             buf.clear();
         }
     });
+    agent.add_client(&tx);
     let mut frames = Frames::new();
     'read: loop {
         match r.read_buf(frames.spare()).await {

@@ -120,6 +120,9 @@ async fn run(
     // Sent but not yet acked, in order; resent on the next connection.
     let mut inflight: VecDeque<WorkRequest> = VecDeque::new();
     let mut stopping_since: Option<Instant> = None;
+    // "Not active" answers since the last ack: from the second on, the pair is
+    // mid-switchover with neither side active yet, and the client pauses.
+    let mut refused = 0;
     'outer: loop {
         if stop.load(Ordering::Relaxed) {
             let since = *stopping_since.get_or_insert_with(Instant::now);
@@ -188,10 +191,23 @@ async fn run(
                 continue 'outer;
             };
             let Some(reply) = reply else { continue };
+            if let WorkReply::NotActive { id, .. } = &reply {
+                if id.is_empty() {
+                    // The active stepped down and says so before any request of ours
+                    // is refused: everything in flight goes to the other, now.
+                    refused += 1;
+                    target = (target + 1) % targets.len();
+                    if refused > 1 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    continue 'outer;
+                }
+            }
             let Some(pos) = inflight.iter().position(|r| r.id == reply.id()) else { continue };
             match reply {
                 WorkReply::Ack { id, seq, registered, duplicate } => {
                     inflight.remove(pos);
+                    refused = 0;
                     h.push(Record {
                         seq: Some(seq),
                         registered: Some(registered),
@@ -209,8 +225,11 @@ async fn run(
                     target = active
                         .and_then(|a| targets.iter().position(|(n, _)| *n == a))
                         .unwrap_or((target + 1) % targets.len());
-                    // Mid-switchover neither may be active yet: do not spin between them.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    refused += 1;
+                    if refused > 1 {
+                        // Mid-switchover neither may be active yet: do not spin between them.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                     continue 'outer;
                 }
             }
@@ -236,8 +255,79 @@ async fn next_reply(r: &mut (impl AsyncRead + Unpin), frames: &mut Frames) -> Op
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use hitless_protocol::Role;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    /// A processor on loopback TCP: its listener and the channel to it.
+    async fn processor() -> (TcpListener, Channel) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let work = l.local_addr().unwrap();
+        (l, Channel::Tcp { control: work, work })
+    }
+
+    /// Read a work connection's requests, handing each to `answer`.
+    async fn serve(mut s: TcpStream, mut answer: impl FnMut(WorkRequest, &mut Vec<u8>)) {
+        let mut preamble = [0u8; 4];
+        if s.read_exact(&mut preamble).await.is_err() {
+            return;
+        }
+        let mut frames = Frames::new();
+        while matches!(s.read_buf(frames.spare()).await, Ok(n) if n > 0) {
+            let mut out = Vec::new();
+            while let Ok(Some(frame)) = frames.next_frame() {
+                answer(from_frame(frame).unwrap(), &mut out);
+            }
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn ack(req: &WorkRequest, seq: u64, out: &mut Vec<u8>) {
+        frame_into(&WorkReply::Ack { id: req.id.clone(), seq, registered: true, duplicate: false }, out);
+    }
+
+    #[tokio::test]
+    async fn a_step_down_notice_sends_the_client_to_the_other_processor_at_once() {
+        let ((a, a_ch), (b, b_ch)) = (processor().await, processor().await);
+        // p121 acks the first request, then says it stepped down and answers nothing more.
+        tokio::spawn(async move {
+            let (s, _) = a.accept().await.unwrap();
+            let mut told = false;
+            serve(s, |req, out| {
+                if !told {
+                    ack(&req, 1, out);
+                    frame_into(&WorkReply::NotActive { id: String::new(), role: Role::Standby, active: None }, out);
+                    told = true;
+                }
+            })
+            .await;
+        });
+        // p122 acks everything, and says which requests reached it.
+        let (got_tx, mut got) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (s, _) = b.accept().await.unwrap();
+            let mut seq = 1;
+            serve(s, |req, out| {
+                seq += 1;
+                ack(&req, seq, out);
+                let _ = got_tx.send(req.id);
+            })
+            .await;
+        });
+        let w = Workload::start(vec![("p121".into(), a_ch), ("p122".into(), b_ch)], "p121".into(), "t1", None);
+        // Told, the client goes at once; not told, it would wait out its 3-s read timeout.
+        let first = tokio::time::timeout(Duration::from_secs(2), got.recv()).await;
+        let h = w.stop().await;
+        assert!(matches!(first, Ok(Some(_))), "no request reached p122 after p121 stepped down: {h:?}");
+        assert!(h.records.iter().any(|r| r.kind == Kind::Ack && r.processor == "p122"), "{h:?}");
+        // Nothing was refused: the notice alone moved it.
+        assert!(h.records.iter().all(|r| r.kind != Kind::NotActive), "{h:?}");
+    }
 
     #[test]
     fn operations_cycle_open_update_update_close() {

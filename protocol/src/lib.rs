@@ -27,7 +27,7 @@
 //! | [`WorkRequest`] | 1 | id, op |
 //! | [`Operation`] (in a request) | 1 open, 2 update, 3 close, 4 set-priority | unit, then fields (open, update) or the priority byte (set-priority) |
 //! | [`WorkReply::Ack`] | 1 | id, seq, flags byte (`1` registered, `2` duplicate) |
-//! | [`WorkReply::NotActive`] | 2 | id, role, option of active |
+//! | [`WorkReply::NotActive`] | 2 | id (empty: a step-down notice, no request answered), role, option of active |
 //! | [`WorkReply::Rejected`] | 3 | id, reason |
 //! | [`LinkMsg::Hello`] | 1 | proto, name, version, supported, enabled, role, epoch, option of seq |
 //! | [`LinkMsg::StepUp`] | 2 | generation, seq, chain, count, then each [`WorkUnit`] with a varint length before it: id, state byte (`0` open, `1` closed), fields, option of priority byte, ops |
@@ -258,9 +258,12 @@ pub enum WorkReply {
         #[serde(default)]
         duplicate: bool,
     },
-    /// This processor does not serve work units; try `active`.
+    /// This processor does not serve work units; try `active`. With an
+    /// empty `id` it answers no request: an active that steps down tells every
+    /// open work connection so at once, and its clients go to the other
+    /// processor without waiting for a request of theirs to be refused.
     NotActive {
-        /// Request id.
+        /// Request id (empty: the step-down notice).
         id: String,
         /// This processor's role.
         role: Role,

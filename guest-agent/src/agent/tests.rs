@@ -625,3 +625,37 @@ async fn a_take_over_armed_after_the_peer_stepped_down_happens_at_once() {
     assert!(matches!(w.a.arm_take_over(3, 4), Err(RoleError::StaleEpoch { .. })));
     assert_eq!(w.b.arm_take_over(6, 5), Err(RoleError::NotCurrent), "an active armed");
 }
+
+#[tokio::test]
+async fn a_demoted_active_tells_its_clients_at_once_and_keeps_no_closed_connection() {
+    let mut w = Wire::paired();
+    let (tx, mut rx) = unbounded_channel();
+    w.a.add_client(&tx);
+    w.open(1);
+    w.pump(|_| false);
+    assert!(rx.try_recv().is_err(), "told something while active");
+    w.a.set_role(Role::Standby, 3).unwrap();
+    // Before any request of its is refused: a "not active" with no request id.
+    match rx.try_recv() {
+        Ok(WorkReply::NotActive { id, role: Role::Standby, active: None }) => assert!(id.is_empty(), "{id}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(rx.try_recv().is_err(), "told twice");
+    // A standby told to stay standby (or go out of service) has no news for anyone.
+    let (tx2, mut rx2) = unbounded_channel();
+    w.a.add_client(&tx2);
+    w.a.set_role(Role::OutOfService, 4).unwrap();
+    assert!(rx2.try_recv().is_err());
+    // The agent holds no connection open: its writer ends with the client's reader.
+    drop((tx, tx2));
+    let ended = async { rx.recv().await.is_none() && rx2.recv().await.is_none() };
+    assert!(tokio::time::timeout(Duration::from_secs(1), ended).await.unwrap_or(false), "a connection kept open");
+}
+
+#[test]
+fn an_armed_standby_holds_work_before_its_peer_steps_down() {
+    let w = armed(1);
+    // A client told by the stepping-down active may come before its hello does.
+    assert!(holds(&w.b, &w.reply_tx, "w9"));
+    assert!(!holds(&w.a, &w.reply_tx, "w10"), "the active held work");
+}
