@@ -68,12 +68,11 @@ async fn run(agent: Arc<Agent>, stream: TcpStream) {
                 Err(_) => LinkMsg::Heartbeat,
             };
             // Batch whatever is queued into one write: many updates per syscall.
-            // No yield before it (there was one, to batch more): a yield waits
-            // for the runtime's next I/O poll and every task that wakes, each
-            // client's write a syscall under TCG, and held a stepping-down
-            // active's hello and a new active's first updates 1-5 ms at a
-            // switchover. A promotion's held work still goes with its step-up:
-            // the held requests wake before the step-up is queued.
+            // No yield first: it would wait for the runtime's next I/O poll and
+            // every task that wakes (each client's write a syscall under TCG),
+            // holding a stepping-down active's hello and a new active's first
+            // updates 1-5 ms at a switchover. A promotion's held work still goes
+            // with its step-up: the held requests wake before it is queued.
             let negotiated = writer_agent.negotiated();
             let mut next = Some(first);
             while let Some(msg) = next {

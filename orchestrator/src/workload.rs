@@ -191,37 +191,14 @@ async fn run(
                 continue 'outer;
             };
             let Some(reply) = reply else { continue };
-            if let WorkReply::NotActive { id, .. } = &reply {
-                if id.is_empty() {
-                    // The active stepped down and says so before any request of ours
-                    // is refused: everything in flight goes to the other, now.
-                    refused += 1;
-                    target = (target + 1) % targets.len();
-                    if refused > 1 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+            let pos = inflight.iter().position(|r| r.id == reply.id());
+            match (reply, pos) {
+                // Refused, or told that the active stepped down (a notice answers no
+                // request): everything in flight goes to the other processor.
+                (WorkReply::NotActive { id, active, .. }, pos) if pos.is_some() || id.is_empty() => {
+                    if pos.is_some() {
+                        h.push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
                     }
-                    continue 'outer;
-                }
-            }
-            let Some(pos) = inflight.iter().position(|r| r.id == reply.id()) else { continue };
-            match reply {
-                WorkReply::Ack { id, seq, registered, duplicate } => {
-                    inflight.remove(pos);
-                    refused = 0;
-                    h.push(Record {
-                        seq: Some(seq),
-                        registered: Some(registered),
-                        duplicate: Some(duplicate),
-                        ..Record::new(t(start), Kind::Ack, id, name)
-                    });
-                }
-                WorkReply::Rejected { id, reason } => {
-                    inflight.remove(pos);
-                    rejected.fetch_add(1, Ordering::Relaxed);
-                    h.push(Record { detail: Some(reason), ..Record::new(t(start), Kind::Rejected, id, name) });
-                }
-                WorkReply::NotActive { id, active, .. } => {
-                    h.push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
                     target = active
                         .and_then(|a| targets.iter().position(|(n, _)| *n == a))
                         .unwrap_or((target + 1) % targets.len());
@@ -232,6 +209,23 @@ async fn run(
                     }
                     continue 'outer;
                 }
+                (WorkReply::Ack { id, seq, registered, duplicate }, Some(pos)) => {
+                    inflight.remove(pos);
+                    refused = 0;
+                    h.push(Record {
+                        seq: Some(seq),
+                        registered: Some(registered),
+                        duplicate: Some(duplicate),
+                        ..Record::new(t(start), Kind::Ack, id, name)
+                    });
+                }
+                (WorkReply::Rejected { id, reason }, Some(pos)) => {
+                    inflight.remove(pos);
+                    rejected.fetch_add(1, Ordering::Relaxed);
+                    h.push(Record { detail: Some(reason), ..Record::new(t(start), Kind::Rejected, id, name) });
+                }
+                // An answer to nothing in flight (answered before).
+                _ => {}
             }
         }
     }
