@@ -323,6 +323,35 @@ mod tests {
         assert!(h.records.iter().all(|r| r.kind != Kind::NotActive), "{h:?}");
     }
 
+    #[tokio::test]
+    async fn with_neither_processor_active_the_client_pauses_instead_of_spinning() {
+        let ((a, a_ch), (b, b_ch)) = (processor().await, processor().await);
+        // Both refuse everything, as mid-switchover before either is active.
+        let dials = Arc::new(AtomicUsize::new(0));
+        for l in [a, b] {
+            let dials = dials.clone();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    dials.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(serve(s, |req, out| {
+                        frame_into(&WorkReply::NotActive { id: req.id, role: Role::Standby, active: None }, out)
+                    }));
+                }
+            });
+        }
+        let started = Instant::now();
+        let w = Workload::start(vec![("p121".into(), a_ch), ("p122".into(), b_ch)], "p121".into(), "t2", None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (n, ms) = (dials.load(Ordering::Relaxed), started.elapsed().as_millis() as usize);
+        let h = w.stop().await;
+        // From the second refusal in a row on, at least 1 ms passes before the
+        // next dial: at most one dial per ms after the first two (without the
+        // pause, thousands in 300 ms).
+        assert!(n >= 2 && n <= ms + 2, "{n} dials in {ms} ms: {h:?}");
+        assert!(h.records.iter().any(|r| r.kind == Kind::NotActive && r.processor == "p122"), "tried both");
+        assert!(h.records.iter().all(|r| r.kind != Kind::Ack));
+    }
+
     #[test]
     fn operations_cycle_open_update_update_close() {
         assert!(matches!(op("r1", 4).op, Operation::Open { ref unit, .. } if unit == "r1-u1"));
