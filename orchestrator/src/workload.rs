@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 /// Requests in flight at once on the connection.
 const WINDOW: usize = 8;
@@ -123,6 +123,7 @@ async fn run(
     // "Not active" answers since the last ack: from the second on, the pair is
     // mid-switchover with neither side active yet, and the client pauses.
     let mut refused = 0;
+    let mut draining: Option<Draining> = None;
     'outer: loop {
         if stop.load(Ordering::Relaxed) {
             let since = *stopping_since.get_or_insert_with(Instant::now);
@@ -176,14 +177,30 @@ async fn run(
                 tokio::time::sleep_until(next_fill.into()).await;
                 continue;
             }
-            let reply = if inflight.len() < WINDOW && !stop.load(Ordering::Relaxed) {
-                // Read until the next top-up is due (reading is cancel-safe: nothing is lost).
-                match tokio::time::timeout_at(next_fill.into(), next_reply(&mut r, &mut frames)).await {
-                    Ok(reply) => reply,
-                    Err(_) => continue,
+            // Read until the next top-up is due, if one is (reading is cancel-safe: nothing is lost).
+            let due = (inflight.len() < WINDOW && !stop.load(Ordering::Relaxed)).then_some(next_fill);
+            let reply = match next_event(&mut r, &mut frames, &mut draining, due).await {
+                Got::Reply(reply) => reply,
+                Got::Due => continue,
+                Got::Drained(Some(WorkReply::Ack { id, seq, registered, duplicate })) => {
+                    let from = draining.as_ref().map_or(name.as_str(), |d| targets[d.from].0.as_str());
+                    if let Some(pos) = inflight.iter().position(|r| r.id == id) {
+                        inflight.remove(pos);
+                        h.push(Record {
+                            seq: Some(seq),
+                            registered: Some(registered),
+                            duplicate: Some(duplicate),
+                            ..Record::new(t(start), Kind::Ack, id, from)
+                        });
+                    }
+                    continue;
                 }
-            } else {
-                next_reply(&mut r, &mut frames).await
+                // Refusals there were sent here too; the drain is over when it closes.
+                Got::Drained(Some(_)) => continue,
+                Got::Drained(None) => {
+                    draining = None;
+                    continue;
+                }
             };
             let Some(reply) = reply else {
                 // Timeout, EOF or error: the processor went away; try the other.
@@ -199,10 +216,16 @@ async fn run(
                     if pos.is_some() {
                         h.push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
                     }
+                    let left = target;
                     target = active
                         .and_then(|a| targets.iter().position(|(n, _)| *n == a))
                         .unwrap_or((target + 1) % targets.len());
                     refused += 1;
+                    // Its acks of what it accepted before stepping down still come as
+                    // its standby registers them: read on for them (`Draining`).
+                    if draining.as_ref().is_none_or(|d| d.from != left) {
+                        draining = Some(Draining::start(left, r, w, frames));
+                    }
                     if refused > 1 {
                         // Mid-switchover neither may be active yet: do not spin between them.
                         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -212,6 +235,9 @@ async fn run(
                 (WorkReply::Ack { id, seq, registered, duplicate }, Some(pos)) => {
                     inflight.remove(pos);
                     refused = 0;
+                    // Served here now: what the one left behind still sends would
+                    // interleave its acks with these (the split-brain sign).
+                    draining = None;
                     h.push(Record {
                         seq: Some(seq),
                         registered: Some(registered),
@@ -230,6 +256,89 @@ async fn run(
         }
     }
     h
+}
+
+/// How long a connection left on a "not active" is read on for acks.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// A connection the client left for the other processor on a "not active",
+/// still read for the acks of what that processor accepted before it stepped
+/// down: it sends them as its standby registers its last updates. Taking them
+/// there, rather than only from the new active after re-sending (answered
+/// from its de-duplication index), is what a client of a real pair would do.
+/// Ended by the first ack from where the client went, after [`DRAIN`], or
+/// when the connection closes.
+struct Draining {
+    /// The target it was connected to.
+    from: usize,
+    acks: tokio::sync::mpsc::UnboundedReceiver<WorkReply>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Draining {
+    fn start<S: AsyncRead + AsyncWrite + Send + 'static>(
+        from: usize,
+        mut r: ReadHalf<S>,
+        w: WriteHalf<S>,
+        mut frames: Frames,
+    ) -> Draining {
+        let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            // Nothing more is written; kept so that the connection stays open.
+            let _w = w;
+            let until = tokio::time::Instant::now() + DRAIN;
+            while let Ok(Some(reply)) = tokio::time::timeout_at(until, next_reply(&mut r, &mut frames)).await {
+                if let Some(reply) = reply {
+                    if tx.send(reply).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Draining { from, acks, task }
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What reading a work connection gave.
+enum Got {
+    /// A reply on the current connection ([`next_reply`]).
+    Reply(Option<Option<WorkReply>>),
+    /// A reply on the connection being drained (`None`: the drain is over).
+    Drained(Option<WorkReply>),
+    /// The next request is due.
+    Due,
+}
+
+/// The next reply on the current connection or the drained one, or `Due` at `due`.
+async fn next_event(
+    r: &mut (impl AsyncRead + Unpin),
+    frames: &mut Frames,
+    draining: &mut Option<Draining>,
+    due: Option<Instant>,
+) -> Got {
+    let drained = async {
+        match draining {
+            Some(d) => d.acks.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    let due = async {
+        match due {
+            Some(t) => tokio::time::sleep_until(t.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        reply = next_reply(r, frames) => Got::Reply(reply),
+        reply = drained => Got::Drained(reply),
+        () = due => Got::Due,
+    }
 }
 
 /// The next reply on a work connection (`Some(None)`: one that does not
@@ -321,6 +430,88 @@ mod tests {
         assert!(h.records.iter().any(|r| r.kind == Kind::Ack && r.processor == "p122"), "{h:?}");
         // Nothing was refused: the notice alone moved it.
         assert!(h.records.iter().all(|r| r.kind != Kind::NotActive), "{h:?}");
+    }
+
+    /// A processor answering each request on its first connection with
+    /// `script(request)`: replies, each after its delay from the request's arrival.
+    fn scripted(l: TcpListener, mut script: impl FnMut(&WorkRequest) -> Vec<(u64, WorkReply)> + Send + 'static) {
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (mut r, w) = s.into_split();
+            let w = Arc::new(tokio::sync::Mutex::new(w));
+            let mut preamble = [0u8; 4];
+            r.read_exact(&mut preamble).await.unwrap();
+            let mut frames = Frames::new();
+            while matches!(r.read_buf(frames.spare()).await, Ok(n) if n > 0) {
+                while let Ok(Some(frame)) = frames.next_frame() {
+                    for (ms, reply) in script(&from_frame(frame).unwrap()) {
+                        let w = w.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            let mut out = Vec::new();
+                            frame_into(&reply, &mut out);
+                            let _ = w.lock().await.write_all(&out).await;
+                        });
+                    }
+                }
+            }
+            // Keep the connection until the client closes it, like an agent.
+            std::future::pending::<()>().await;
+        });
+    }
+
+    fn acked(req: &WorkRequest, seq: u64) -> WorkReply {
+        WorkReply::Ack { id: req.id.clone(), seq, registered: true, duplicate: false }
+    }
+
+    fn notice() -> WorkReply {
+        WorkReply::NotActive { id: String::new(), role: Role::Standby, active: None }
+    }
+
+    /// p121 acks w0, then on w1 steps down: the notice at once, w1's ack
+    /// `late` ms after (its standby registering it); p122 answers w1
+    /// `p122_w1` ms after it arrives, the rest `p122_rest` ms after. The
+    /// client's history once w1 is acked.
+    async fn step_down_with_an_ack_still_due(late: u64, p122_w1: u64, p122_rest: u64) -> History {
+        let ((a, a_ch), (b, b_ch)) = (processor().await, processor().await);
+        scripted(a, move |req| match req.id.as_str() {
+            "t3-w0" => vec![(0, acked(req, 1))],
+            "t3-w1" => vec![(0, notice()), (late, acked(req, 2))],
+            _ => vec![],
+        });
+        let seq = Arc::new(AtomicUsize::new(10));
+        scripted(b, move |req| {
+            let after = if req.id == "t3-w1" { p122_w1 } else { p122_rest };
+            vec![(after, acked(req, seq.fetch_add(1, Ordering::Relaxed) as u64))]
+        });
+        let w = Workload::start(vec![("p121".into(), a_ch), ("p122".into(), b_ch)], "p121".into(), "t3", None);
+        // Past both processors' answers to w1 (at most 350 ms).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        w.stop().await
+    }
+
+    fn acker(h: &History, id: &str) -> Option<String> {
+        h.records.iter().find(|r| r.kind == Kind::Ack && r.id == id).map(|r| r.processor.clone())
+    }
+
+    #[tokio::test]
+    async fn a_stepped_down_actives_last_acks_are_taken_from_it() {
+        // w1's ack from p121 comes 30 ms after its notice; p122 answers from 150 ms on.
+        let h = step_down_with_an_ack_still_due(30, 150, 150).await;
+        assert_eq!(acker(&h, "t3-w1").as_deref(), Some("p121"), "{h:?}");
+        assert!(h.records.iter().any(|r| r.kind == Kind::Retry && r.id == "t3-w1" && r.processor == "p122"));
+        assert!(h.records.iter().any(|r| r.kind == Kind::Ack && r.processor == "p122"), "{h:?}");
+        assert_eq!(crate::invariants::ack_handovers(&h), 1, "{h:?}");
+    }
+
+    #[tokio::test]
+    async fn once_the_new_active_acks_the_old_ones_acks_are_not_taken() {
+        // p122 acks at once, but the re-sent w1 only at 350 ms: p121's ack of it
+        // at 300 ms, taken, would make acks change hands three times.
+        let h = step_down_with_an_ack_still_due(300, 350, 0).await;
+        assert_eq!(acker(&h, "t3-w1").as_deref(), Some("p122"), "{h:?}");
+        assert!(h.records.iter().all(|r| r.kind != Kind::Ack || r.processor == "p122" || r.id == "t3-w0"), "{h:?}");
+        assert_eq!(crate::invariants::ack_handovers(&h), 1, "{h:?}");
     }
 
     #[tokio::test]
