@@ -20,6 +20,13 @@ pub const AGENT_EXITED: &str = "init: the agent exited";
 pub const ARGS_FILE: &str = "/agent.args";
 /// The inter-VM link's NIC.
 pub const LINK_NIC: &str = "eth0";
+/// The link NIC's MTU: the largest virtio-net takes and whose frames fit
+/// QEMU's datagram backend (64 KiB). A batch of updates (tens of units, a
+/// few KB to tens of KB) then crosses the link as one TCP segment instead of
+/// one per 1,448 bytes, and the receiver acknowledges one segment: under TCG
+/// every packet costs both guests an interrupt and a trip through their
+/// network stacks, emulated. Measured: +20% replicated acks/s, p99 -0.7 ms.
+pub const LINK_MTU: u32 = 65520;
 
 /// Prepare the guest and fork; returns in the child (the agent) with the
 /// version's start arguments. The parent never returns. Every failure says
@@ -43,6 +50,10 @@ pub fn boot() -> Vec<String> {
         println!("init: no link NIC ({LINK_NIC})");
     }
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{LINK_NIC}/accept_dad"), "0");
+    // Before it is up (sysfs's `mtu` applies it as `ip link set mtu` does).
+    if let Err(e) = std::fs::write(format!("/sys/class/net/{LINK_NIC}/mtu"), LINK_MTU.to_string()) {
+        println!("init: cannot set {LINK_NIC}'s MTU to {LINK_MTU} ({e}); the link keeps its default");
+    }
     for nic in ["lo", LINK_NIC] {
         if let Err(e) = link_up(nic) {
             println!("init: cannot bring {nic} up ({e})");

@@ -173,6 +173,12 @@ async fn exec_runs_a_command_in_the_guest_and_exits_with_its_code() {
     // The init turned transparent huge pages on (Linux leaves them off in a guest this small).
     let out = exec(&["p122", "--", "cat", "/sys/kernel/mm/transparent_hugepage/enabled"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("[always]"), "{}", said(&out));
+    // And gave the link NIC its large MTU on both sides (a batch of updates in one segment).
+    for p in ["p121", "p122"] {
+        let out = exec(&[p, "--", "cat", &format!("/sys/class/net/{}/mtu", hitless_agent::init::LINK_NIC)]);
+        let mtu = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(mtu, hitless_agent::init::LINK_MTU.to_string(), "{p}: {}", said(&out));
+    }
     // Both outputs, and the command's own exit code.
     let out = exec(&["p121", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}", said(&out));
