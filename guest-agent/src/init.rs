@@ -52,7 +52,8 @@ pub fn boot() -> Vec<String> {
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{LINK_NIC}/accept_dad"), "0");
     // Before it is up (sysfs's `mtu` applies it as `ip link set mtu` does).
     if let Err(e) = std::fs::write(format!("/sys/class/net/{LINK_NIC}/mtu"), LINK_MTU.to_string()) {
-        println!("init: cannot set {LINK_NIC}'s MTU to {LINK_MTU} ({e}); the link keeps its default");
+        // Not "init: ": the host reports the first such line as why a boot failed.
+        println!("init (going on): cannot set {LINK_NIC}'s MTU to {LINK_MTU} ({e}); the link keeps its default");
     }
     for nic in ["lo", LINK_NIC] {
         if let Err(e) = link_up(nic) {

@@ -32,12 +32,13 @@ const LOAD: (usize, usize, std::time::Duration) = (4, 32, std::time::Duration::f
 const SINGLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// The same number of requests in flight or fewer on one connection, after
 /// it: the client's requests then reach the active in fewer, larger reads,
-/// and its acks leave in fewer writes. Short, like the probe on the active
-/// alone that follows: the pair's database holds ~216,000 request ids, and
-/// the four probes of a run must fit in it.
+/// and its acks leave in fewer writes. Short: the pair's database holds
+/// ~216,000 request ids (in 256 MiB), and the four probes of a run must fit.
 const ONE_CONNECTION: (usize, usize, std::time::Duration) = (1, 64, std::time::Duration::from_secs(1));
-/// The probe on the active alone (at the first probe's depth): this long.
-const ALONE: std::time::Duration = std::time::Duration::from_secs(1);
+/// The probe on the active alone (at the first probe's depth): this many
+/// units per connection, timed. A probe for a time instead filled the
+/// database there, and its rate was the ids left over divided by its duration.
+const ALONE_UNITS: u64 = 10_000;
 
 fn median(v: &[f64]) -> f64 {
     quantile(v, 0.5)
@@ -114,6 +115,8 @@ struct Load {
     /// the link and the standby cost, the explanation of the figures above.
     alone_rate: Vec<f64>,
     alone_latency: hitless::load::Figures,
+    /// Answers other than an ack in that probe (a full database says so).
+    alone_refused: u64,
     /// One request in flight at a time: the work path's own latency, no queueing.
     single: hitless::load::Figures,
     /// [`ONE_CONNECTION`]'s probe.
@@ -156,7 +159,8 @@ async fn one_run(cfg: Config, side: &mut Side, load: Option<&mut Load>, accel: &
             load.simplex += f.simplex + f.refused + f.duplicate;
             load.one_latency.latencies_us.extend(f.latencies_us);
             tb.set_role(active.other(), hitless_protocol::Role::OutOfService).await?;
-            let f = hitless::load::measure(tb.agents().channel(active), LOAD.0, LOAD.1, ALONE).await?;
+            let f = hitless::load::measure_units(tb.agents().channel(active), LOAD.0, LOAD.1, ALONE_UNITS).await?;
+            load.alone_refused += f.refused + f.duplicate;
             load.alone_rate.push(f.simplex as f64 / f.elapsed.as_secs_f64().max(1e-9));
             load.alone_latency.latencies_us.extend(f.latencies_us);
         }
@@ -318,9 +322,11 @@ async fn main() -> anyhow::Result<()> {
     println!("  acks not registered by the standby during the probe: {}", load.simplex);
     load.alone_latency.latencies_us.sort_unstable();
     println!(
-        "    the same probe on the active alone (standby out of service): {:.0} acked/s  p99 {:.2} ms",
+        "    the same probe on the active alone (standby out of service): {:.0} acked/s  p99 {:.2} ms ({} units a run, {} not acked)",
         median(&load.alone_rate),
-        load.alone_latency.latency_ms(0.99)
+        load.alone_latency.latency_ms(0.99),
+        ALONE_UNITS * LOAD.0 as u64,
+        load.alone_refused
     );
     println!(
         "  runs with an invariant violated: {} of {runs} (built), {} of {runs} (debian)",

@@ -182,20 +182,33 @@ async fn run(
             let reply = match next_event(&mut r, &mut frames, &mut draining, due).await {
                 Got::Reply(reply) => reply,
                 Got::Due => continue,
-                Got::Drained(Some(WorkReply::Ack { id, seq, registered, duplicate })) => {
+                // An answer "duplicate" there is left to the new active: a first
+                // send answered so would be the reused-id defect that
+                // `invariants::no_lost_or_double` reports, and the re-send recorded
+                // on this connection would hide it.
+                Got::Drained(Some((at, WorkReply::Ack { id, seq, registered, duplicate: false }))) => {
                     let from = draining.as_ref().map_or(name.as_str(), |d| targets[d.from].0.as_str());
                     if let Some(pos) = inflight.iter().position(|r| r.id == id) {
                         inflight.remove(pos);
                         h.push(Record {
                             seq: Some(seq),
                             registered: Some(registered),
-                            duplicate: Some(duplicate),
-                            ..Record::new(t(start), Kind::Ack, id, from)
+                            duplicate: Some(false),
+                            ..Record::new(at, Kind::Ack, id, from)
                         });
                     }
                     continue;
                 }
-                // Refusals there were sent here too; the drain is over when it closes.
+                Got::Drained(Some((at, WorkReply::Rejected { id, reason }))) => {
+                    let from = draining.as_ref().map_or(name.as_str(), |d| targets[d.from].0.as_str());
+                    if let Some(pos) = inflight.iter().position(|r| r.id == id) {
+                        inflight.remove(pos);
+                        rejected.fetch_add(1, Ordering::Relaxed);
+                        h.push(Record { detail: Some(reason), ..Record::new(at, Kind::Rejected, id, from) });
+                    }
+                    continue;
+                }
+                // Refusals there (sent here too) and duplicates; over when it closes.
                 Got::Drained(Some(_)) => continue,
                 Got::Drained(None) => {
                     draining = None;
@@ -208,6 +221,11 @@ async fn run(
                 continue 'outer;
             };
             let Some(reply) = reply else { continue };
+            if matches!(reply, WorkReply::Ack { .. } | WorkReply::Rejected { .. }) {
+                // Answered here now (even for a request the drain took): what the one left
+                // behind still sends would interleave its acks with these (the split-brain sign).
+                draining = None;
+            }
             let pos = inflight.iter().position(|r| r.id == reply.id());
             match (reply, pos) {
                 // Refused, or told that the active stepped down (a notice answers no
@@ -223,8 +241,10 @@ async fn run(
                     refused += 1;
                     // Its acks of what it accepted before stepping down still come as
                     // its standby registers them: read on for them (`Draining`).
-                    if draining.as_ref().is_none_or(|d| d.from != left) {
-                        draining = Some(Draining::start(left, r, w, frames));
+                    // The first one left is drained: a refusal by the other, mid-switchover,
+                    // must not drop the old active's last acks (the one refusing accepted nothing).
+                    if draining.is_none() {
+                        draining = Some(Draining::start(left, r, w, frames, start));
                     }
                     if refused > 1 {
                         // Mid-switchover neither may be active yet: do not spin between them.
@@ -235,9 +255,6 @@ async fn run(
                 (WorkReply::Ack { id, seq, registered, duplicate }, Some(pos)) => {
                     inflight.remove(pos);
                     refused = 0;
-                    // Served here now: what the one left behind still sends would
-                    // interleave its acks with these (the split-brain sign).
-                    draining = None;
                     h.push(Record {
                         seq: Some(seq),
                         registered: Some(registered),
@@ -266,12 +283,13 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// down: it sends them as its standby registers its last updates. Taking them
 /// there, rather than only from the new active after re-sending (answered
 /// from its de-duplication index), is what a client of a real pair would do.
-/// Ended by the first ack from where the client went, after [`DRAIN`], or
+/// Ended by the first answer from where the client went, after [`DRAIN`], or
 /// when the connection closes.
 struct Draining {
     /// The target it was connected to.
     from: usize,
-    acks: tokio::sync::mpsc::UnboundedReceiver<WorkReply>,
+    /// Each reply with when it came (ms since the workload's start).
+    acks: tokio::sync::mpsc::UnboundedReceiver<(u64, WorkReply)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -281,6 +299,7 @@ impl Draining {
         mut r: ReadHalf<S>,
         w: WriteHalf<S>,
         mut frames: Frames,
+        start: Instant,
     ) -> Draining {
         let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -289,7 +308,7 @@ impl Draining {
             let until = tokio::time::Instant::now() + DRAIN;
             while let Ok(Some(reply)) = tokio::time::timeout_at(until, next_reply(&mut r, &mut frames)).await {
                 if let Some(reply) = reply {
-                    if tx.send(reply).is_err() {
+                    if tx.send((start.elapsed().as_millis() as u64, reply)).is_err() {
                         return;
                     }
                 }
@@ -309,8 +328,8 @@ impl Drop for Draining {
 enum Got {
     /// A reply on the current connection ([`next_reply`]).
     Reply(Option<Option<WorkReply>>),
-    /// A reply on the connection being drained (`None`: the drain is over).
-    Drained(Option<WorkReply>),
+    /// A reply on the connection being drained and when it came (`None`: the drain is over).
+    Drained(Option<(u64, WorkReply)>),
     /// The next request is due.
     Due,
 }
@@ -473,10 +492,18 @@ mod tests {
     /// `p122_w1` ms after it arrives, the rest `p122_rest` ms after. The
     /// client's history once w1 is acked.
     async fn step_down_with_an_ack_still_due(late: u64, p122_w1: u64, p122_rest: u64) -> History {
+        step_down_with(late, false, p122_w1, p122_rest).await
+    }
+
+    /// [`step_down_with_an_ack_still_due`], p121's late ack of w1 saying "duplicate" if `dup`.
+    async fn step_down_with(late: u64, dup: bool, p122_w1: u64, p122_rest: u64) -> History {
         let ((a, a_ch), (b, b_ch)) = (processor().await, processor().await);
         scripted(a, move |req| match req.id.as_str() {
             "t3-w0" => vec![(0, acked(req, 1))],
-            "t3-w1" => vec![(0, notice()), (late, acked(req, 2))],
+            "t3-w1" => {
+                let ack = WorkReply::Ack { id: req.id.clone(), seq: 2, registered: true, duplicate: dup };
+                vec![(0, notice()), (late, ack)]
+            }
             _ => vec![],
         });
         let seq = Arc::new(AtomicUsize::new(10));
@@ -502,6 +529,13 @@ mod tests {
         assert!(h.records.iter().any(|r| r.kind == Kind::Retry && r.id == "t3-w1" && r.processor == "p122"));
         assert!(h.records.iter().any(|r| r.kind == Kind::Ack && r.processor == "p122"), "{h:?}");
         assert_eq!(crate::invariants::ack_handovers(&h), 1, "{h:?}");
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_answer_from_the_old_active_is_left_to_the_new_one() {
+        // Taken, it would hide a first send answered "duplicate" behind the re-send.
+        let h = step_down_with(30, true, 150, 150).await;
+        assert_eq!(acker(&h, "t3-w1").as_deref(), Some("p122"), "{h:?}");
     }
 
     #[tokio::test]
