@@ -182,34 +182,18 @@ async fn run(
             let reply = match next_event(&mut r, &mut frames, &mut draining, due).await {
                 Got::Reply(reply) => reply,
                 Got::Due => continue,
-                // An answer "duplicate" there is left to the new active: a first
-                // send answered so would be the reused-id defect that
-                // `invariants::no_lost_or_double` reports, and the re-send recorded
-                // on this connection would hide it.
-                Got::Drained(Some((at, WorkReply::Ack { id, seq, registered, duplicate: false }))) => {
-                    let from = draining.as_ref().map_or(name.as_str(), |d| targets[d.from].0.as_str());
-                    if let Some(pos) = inflight.iter().position(|r| r.id == id) {
-                        inflight.remove(pos);
-                        h.push(Record {
-                            seq: Some(seq),
-                            registered: Some(registered),
-                            duplicate: Some(false),
-                            ..Record::new(at, Kind::Ack, id, from)
-                        });
+                // The connection left: its acks and rejections settle what they answer
+                // (its refusals need nothing: all was re-sent here). An answer
+                // "duplicate" is left to the new active: a first send answered so would
+                // be the reused-id defect that `invariants::no_lost_or_double` reports,
+                // and the re-send recorded here would hide it.
+                Got::Drained(Some((at, reply))) => {
+                    if !matches!(reply, WorkReply::Ack { duplicate: true, .. }) {
+                        let from = draining.as_ref().map_or(name.as_str(), |d| targets[d.from].0.as_str());
+                        settle(reply, at, from, &mut inflight, &mut h, &rejected);
                     }
                     continue;
                 }
-                Got::Drained(Some((at, WorkReply::Rejected { id, reason }))) => {
-                    let from = draining.as_ref().map_or(name.as_str(), |d| targets[d.from].0.as_str());
-                    if let Some(pos) = inflight.iter().position(|r| r.id == id) {
-                        inflight.remove(pos);
-                        rejected.fetch_add(1, Ordering::Relaxed);
-                        h.push(Record { detail: Some(reason), ..Record::new(at, Kind::Rejected, id, from) });
-                    }
-                    continue;
-                }
-                // Refusals there (sent here too) and duplicates; over when it closes.
-                Got::Drained(Some(_)) => continue,
                 Got::Drained(None) => {
                     draining = None;
                     continue;
@@ -252,27 +236,46 @@ async fn run(
                     }
                     continue 'outer;
                 }
-                (WorkReply::Ack { id, seq, registered, duplicate }, Some(pos)) => {
-                    inflight.remove(pos);
-                    refused = 0;
-                    h.push(Record {
-                        seq: Some(seq),
-                        registered: Some(registered),
-                        duplicate: Some(duplicate),
-                        ..Record::new(t(start), Kind::Ack, id, name)
-                    });
+                (reply, _) => {
+                    let ack = matches!(reply, WorkReply::Ack { .. });
+                    if settle(reply, t(start), name, &mut inflight, &mut h, &rejected) && ack {
+                        refused = 0;
+                    }
                 }
-                (WorkReply::Rejected { id, reason }, Some(pos)) => {
-                    inflight.remove(pos);
-                    rejected.fetch_add(1, Ordering::Relaxed);
-                    h.push(Record { detail: Some(reason), ..Record::new(t(start), Kind::Rejected, id, name) });
-                }
-                // An answer to nothing in flight (answered before).
-                _ => {}
             }
         }
     }
     h
+}
+
+/// Record `reply`, from `from` at `at`, if it settles a request in flight
+/// (an ack or a rejection; an answer to nothing in flight was answered
+/// before); returns whether it did.
+fn settle(
+    reply: WorkReply,
+    at: u64,
+    from: &str,
+    inflight: &mut VecDeque<WorkRequest>,
+    h: &mut Recorder,
+    rejected: &AtomicUsize,
+) -> bool {
+    let Some(pos) = inflight.iter().position(|r| r.id == reply.id()) else { return false };
+    let record = match reply {
+        WorkReply::Ack { id, seq, registered, duplicate } => Record {
+            seq: Some(seq),
+            registered: Some(registered),
+            duplicate: Some(duplicate),
+            ..Record::new(at, Kind::Ack, id, from)
+        },
+        WorkReply::Rejected { id, reason } => {
+            rejected.fetch_add(1, Ordering::Relaxed);
+            Record { detail: Some(reason), ..Record::new(at, Kind::Rejected, id, from) }
+        }
+        _ => return false,
+    };
+    inflight.remove(pos);
+    h.push(record);
+    true
 }
 
 /// How long a connection left on a "not active" is read on for acks.
