@@ -189,8 +189,9 @@ async fn run(
                 // and the re-send recorded here would hide it.
                 Got::Drained(Some((at, reply))) => {
                     if !matches!(reply, WorkReply::Ack { duplicate: true, .. }) {
-                        let from = draining.as_ref().map_or(name.as_str(), |d| targets[d.from].0.as_str());
-                        settle(reply, at, from, &mut inflight, &mut h, &rejected);
+                        if let Some(d) = &draining {
+                            settle(reply, at, &d.from, &mut inflight, &mut h, &rejected);
+                        }
                     }
                     continue;
                 }
@@ -218,7 +219,6 @@ async fn run(
                     if pos.is_some() {
                         h.push(Record { detail: active.clone(), ..Record::new(t(start), Kind::NotActive, id, name) });
                     }
-                    let left = target;
                     target = active
                         .and_then(|a| targets.iter().position(|(n, _)| *n == a))
                         .unwrap_or((target + 1) % targets.len());
@@ -228,7 +228,7 @@ async fn run(
                     // The first one left is drained: a refusal by the other, mid-switchover,
                     // must not drop the old active's last acks (the one refusing accepted nothing).
                     if draining.is_none() {
-                        draining = Some(Draining::start(left, r, w, frames, start));
+                        draining = Some(Draining::start(name.clone(), r, w, frames, start));
                     }
                     if refused > 1 {
                         // Mid-switchover neither may be active yet: do not spin between them.
@@ -289,8 +289,8 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// Ended by the first answer from where the client went, after [`DRAIN`], or
 /// when the connection closes.
 struct Draining {
-    /// The target it was connected to.
-    from: usize,
+    /// The processor it was connected to.
+    from: String,
     /// Each reply with when it came (ms since the workload's start).
     acks: tokio::sync::mpsc::UnboundedReceiver<(u64, WorkReply)>,
     task: tokio::task::JoinHandle<()>,
@@ -298,7 +298,7 @@ struct Draining {
 
 impl Draining {
     fn start<S: AsyncRead + AsyncWrite + Send + 'static>(
-        from: usize,
+        from: String,
         mut r: ReadHalf<S>,
         w: WriteHalf<S>,
         mut frames: Frames,
@@ -384,7 +384,7 @@ async fn next_reply(r: &mut (impl AsyncRead + Unpin), frames: &mut Frames) -> Op
 mod tests {
     use super::*;
     use hitless_protocol::Role;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 
     /// A processor on loopback TCP: its listener and the channel to it.
@@ -394,55 +394,20 @@ mod tests {
         (l, Channel::Tcp { control: work, work })
     }
 
-    /// Read a work connection's requests, handing each to `answer`.
-    async fn serve(mut s: TcpStream, mut answer: impl FnMut(WorkRequest, &mut Vec<u8>)) {
-        let mut preamble = [0u8; 4];
-        if s.read_exact(&mut preamble).await.is_err() {
-            return;
-        }
-        let mut frames = Frames::new();
-        while matches!(s.read_buf(frames.spare()).await, Ok(n) if n > 0) {
-            let mut out = Vec::new();
-            while let Ok(Some(frame)) = frames.next_frame() {
-                answer(from_frame(frame).unwrap(), &mut out);
-            }
-            if s.write_all(&out).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn ack(req: &WorkRequest, seq: u64, out: &mut Vec<u8>) {
-        frame_into(&WorkReply::Ack { id: req.id.clone(), seq, registered: true, duplicate: false }, out);
-    }
-
     #[tokio::test]
     async fn a_step_down_notice_sends_the_client_to_the_other_processor_at_once() {
         let ((a, a_ch), (b, b_ch)) = (processor().await, processor().await);
         // p121 acks the first request, then says it stepped down and answers nothing more.
-        tokio::spawn(async move {
-            let (s, _) = a.accept().await.unwrap();
-            let mut told = false;
-            serve(s, |req, out| {
-                if !told {
-                    ack(&req, 1, out);
-                    frame_into(&WorkReply::NotActive { id: String::new(), role: Role::Standby, active: None }, out);
-                    told = true;
-                }
-            })
-            .await;
+        scripted(a, |req| match req.id.as_str() {
+            "t1-w0" => vec![(0, acked(req, 1)), (0, notice())],
+            _ => vec![],
         });
         // p122 acks everything, and says which requests reached it.
         let (got_tx, mut got) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let (s, _) = b.accept().await.unwrap();
-            let mut seq = 1;
-            serve(s, |req, out| {
-                seq += 1;
-                ack(&req, seq, out);
-                let _ = got_tx.send(req.id);
-            })
-            .await;
+        let seq = AtomicUsize::new(2);
+        scripted(b, move |req| {
+            let _ = got_tx.send(req.id.clone());
+            vec![(0, acked(req, seq.fetch_add(1, Ordering::Relaxed) as u64))]
         });
         let w = Workload::start(vec![("p121".into(), a_ch), ("p122".into(), b_ch)], "p121".into(), "t1", None);
         // Told, the client goes at once; not told, it would wait out its 3-s read timeout.
@@ -454,32 +419,50 @@ mod tests {
         assert!(h.records.iter().all(|r| r.kind != Kind::NotActive), "{h:?}");
     }
 
-    /// A processor answering each request on its first connection with
-    /// `script(request)`: replies, each after its delay from the request's arrival.
-    fn scripted(l: TcpListener, mut script: impl FnMut(&WorkRequest) -> Vec<(u64, WorkReply)> + Send + 'static) {
+    /// A processor answering each request, on any connection, with
+    /// `script(request)`: replies, each after its delay (ms) from the
+    /// request's arrival. Returns how many connections it has accepted.
+    fn scripted(
+        l: TcpListener,
+        script: impl FnMut(&WorkRequest) -> Vec<(u64, WorkReply)> + Send + 'static,
+    ) -> Arc<AtomicUsize> {
+        let script = Arc::new(std::sync::Mutex::new(script));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         tokio::spawn(async move {
-            let (s, _) = l.accept().await.unwrap();
-            let (mut r, w) = s.into_split();
-            let w = Arc::new(tokio::sync::Mutex::new(w));
-            let mut preamble = [0u8; 4];
-            r.read_exact(&mut preamble).await.unwrap();
-            let mut frames = Frames::new();
-            while matches!(r.read_buf(frames.spare()).await, Ok(n) if n > 0) {
-                while let Ok(Some(frame)) = frames.next_frame() {
-                    for (ms, reply) in script(&from_frame(frame).unwrap()) {
-                        let w = w.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                            let mut out = Vec::new();
-                            frame_into(&reply, &mut out);
-                            let _ = w.lock().await.write_all(&out).await;
-                        });
+            while let Ok((s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let (mut r, w) = s.into_split();
+                    let w = Arc::new(tokio::sync::Mutex::new(w));
+                    let mut preamble = [0u8; 4];
+                    if r.read_exact(&mut preamble).await.is_err() {
+                        return;
                     }
-                }
+                    let mut frames = Frames::new();
+                    // Until the client closes it, like an agent.
+                    while matches!(r.read_buf(frames.spare()).await, Ok(n) if n > 0) {
+                        while let Ok(Some(frame)) = frames.next_frame() {
+                            let replies = (script.lock().unwrap())(&from_frame(frame).unwrap());
+                            for (ms, reply) in replies {
+                                let w = w.clone();
+                                tokio::spawn(async move {
+                                    // Not even a zero sleep: the timer's 1-ms tick would pace the client.
+                                    if ms > 0 {
+                                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    }
+                                    let mut out = Vec::new();
+                                    frame_into(&reply, &mut out);
+                                    let _ = w.lock().await.write_all(&out).await;
+                                });
+                            }
+                        }
+                    }
+                });
             }
-            // Keep the connection until the client closes it, like an agent.
-            std::future::pending::<()>().await;
         });
+        accepted
     }
 
     fn acked(req: &WorkRequest, seq: u64) -> WorkReply {
@@ -555,22 +538,15 @@ mod tests {
     async fn with_neither_processor_active_the_client_pauses_instead_of_spinning() {
         let ((a, a_ch), (b, b_ch)) = (processor().await, processor().await);
         // Both refuse everything, as mid-switchover before either is active.
-        let dials = Arc::new(AtomicUsize::new(0));
-        for l in [a, b] {
-            let dials = dials.clone();
-            tokio::spawn(async move {
-                while let Ok((s, _)) = l.accept().await {
-                    dials.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(serve(s, |req, out| {
-                        frame_into(&WorkReply::NotActive { id: req.id, role: Role::Standby, active: None }, out)
-                    }));
-                }
-            });
-        }
+        let refuse = |req: &WorkRequest| {
+            vec![(0, WorkReply::NotActive { id: req.id.clone(), role: Role::Standby, active: None })]
+        };
+        let (dials_a, dials_b) = (scripted(a, refuse), scripted(b, refuse));
         let started = Instant::now();
         let w = Workload::start(vec![("p121".into(), a_ch), ("p122".into(), b_ch)], "p121".into(), "t2", None);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (n, ms) = (dials.load(Ordering::Relaxed), started.elapsed().as_millis() as usize);
+        let n = dials_a.load(Ordering::Relaxed) + dials_b.load(Ordering::Relaxed);
+        let ms = started.elapsed().as_millis() as usize;
         let h = w.stop().await;
         // From the second refusal in a row on, at least 1 ms passes before the
         // next dial: at most one dial per ms after the first two (without the
